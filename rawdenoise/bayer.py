@@ -1,0 +1,199 @@
+"""Bayer mosaics: CFA phase, per-channel levels, packing to 4 channels and back (pure numpy).
+
+Every 2x2 phase (RGGB, BGGR, GRBG, GBRG) is a one-pixel shift of every other. A frame is packed to
+a model's channel order by mirroring one same-colour row/column in front where the phases differ
+(and one behind where the size is odd), so that each packed 2x2 block is laid out exactly like the
+model's training data: R, the green on the red row (Gr), the green on the blue row (Gb) and B keep
+their identity and their relative position. `unpack` is the exact inverse and crops the extension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+INTEGER_DTYPES = (np.uint8, np.uint16, np.uint32, np.int32)
+FLOAT_DTYPES = (np.float32, np.float64)
+SUPPORTED_DTYPES = INTEGER_DTYPES + FLOAT_DTYPES
+
+
+def _sites(pattern: str) -> tuple[str, str, str, str]:
+    """Site names of a 2x2 pattern in raster order; greens are named by their row partner."""
+    p = pattern
+    out = []
+    for row in (p[0:2], p[2:4]):
+        for col, c in enumerate(row):
+            if c == "G":
+                out.append("Gr" if row[1 - col] == "R" else "Gb")
+            else:
+                out.append(c)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def parse_cfa(cfa, color_desc: str | bytes = "RGBG") -> str:
+    """Normalise a CFA description to one of RGGB, BGGR, GRBG, GBRG.
+
+    Accepts the pattern string (any case) or a rawpy-style 2x2 array of indices into `color_desc`
+    (rawpy's `raw_pattern` with `color_desc`, where indices 1 and 3 are both green).
+    """
+    if isinstance(color_desc, bytes):
+        color_desc = color_desc.decode("ascii", "replace")
+    if isinstance(cfa, str):
+        s = cfa.strip().upper()
+    else:
+        arr = np.asarray(cfa)
+        if arr.shape != (2, 2) or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(
+                f"cfa pattern array must be 2x2 integers (rawpy raw_pattern), got shape {arr.shape} "
+                f"dtype {arr.dtype}; use one of {', '.join(BAYER_PATTERNS)}"
+            )
+        try:
+            s = "".join(color_desc[int(i)] for i in arr.ravel()).upper()
+        except IndexError:
+            raise InputError(f"cfa pattern {arr.tolist()} indexes outside color_desc {color_desc!r}") from None
+    if s not in BAYER_PATTERNS:
+        raise InputError(f"cfa {cfa!r} is not a 2x2 Bayer pattern; use one of {', '.join(BAYER_PATTERNS)}")
+    return s
+
+
+def phase_offset(frame_cfa: str, model_order: str) -> tuple[int, int]:
+    """(dy, dx) such that the frame extended by dy rows on top and dx columns on the left has the
+    model's phase: frame site at (r - dy, c - dx) mod 2 == model site at (r, c)."""
+    f, m = _sites(frame_cfa), _sites(model_order)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            if all(f[2 * ((r - dy) % 2) + (c - dx) % 2] == m[2 * r + c] for r in (0, 1) for c in (0, 1)):
+                return dy, dx
+    raise AssertionError(f"no shift maps {frame_cfa} to {model_order}")  # all Bayer phases are shifts
+
+
+@dataclass(frozen=True)
+class BayerGeometry:
+    """How a frame maps to its packed form: original size and the one-pixel extensions."""
+
+    height: int
+    width: int
+    dy: int  # rows mirrored in front
+    dx: int  # columns mirrored in front
+
+    @property
+    def packed_shape(self) -> tuple[int, int]:
+        return (self.height + self.dy + 1) // 2, (self.width + self.dx + 1) // 2
+
+    def frame_site(self, channel: int) -> int:
+        """Index (2x2 raster order of the frame's CFA) of the site packed into `channel`."""
+        r, c = divmod(channel, 2)
+        return 2 * ((r - self.dy) % 2) + (c - self.dx) % 2
+
+
+def geometry(shape: tuple[int, int], cfa: str, model_order: str) -> BayerGeometry:
+    dy, dx = phase_offset(cfa, model_order)
+    return BayerGeometry(int(shape[0]), int(shape[1]), dy, dx)
+
+
+def check_bayer_array(raw) -> np.ndarray:
+    """Validate a 2-D Bayer frame; returns it as an ndarray without copying."""
+    if not isinstance(raw, np.ndarray):
+        raise InputError(f"expected a numpy array for the Bayer frame, got {type(raw).__name__}")
+    if raw.dtype.type not in SUPPORTED_DTYPES:
+        allowed = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
+        raise InputError(f"Bayer frame dtype {raw.dtype} is not supported; use one of {allowed}")
+    if raw.ndim != 2:
+        hint = " (an RGB image? this model takes a 2-D Bayer mosaic)" if raw.ndim == 3 else ""
+        raise InputError(f"expected a 2-D Bayer frame (H x W), got shape {raw.shape}{hint}")
+    if raw.shape[0] < 2 or raw.shape[1] < 2:
+        raise InputError(f"Bayer frame {raw.shape} is smaller than one 2x2 CFA cell")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise InputError("Bayer frame contains NaN or Inf values; replace them (e.g. np.nan_to_num) first")
+    return raw
+
+
+def check_levels(black_level, white_level, n_sites: int = 4) -> tuple[np.ndarray, float]:
+    """Validate levels: black is a scalar or one value per CFA site; returns (black[n], white)."""
+    black = np.asarray(black_level, dtype=np.float64).ravel()
+    if black.size == 1:
+        black = np.repeat(black, n_sites)
+    if black.size != n_sites:
+        raise InputError(
+            f"black_level must be a scalar or {n_sites} values (one per CFA site, in the 2x2 order of "
+            f"the cfa), got {black.size} values"
+        )
+    try:
+        white = float(white_level)
+    except (TypeError, ValueError):
+        raise InputError(f"white_level must be a number, got {white_level!r}") from None
+    if not np.all(np.isfinite(black)) or not np.isfinite(white):
+        raise InputError(f"levels must be finite, got black={black.tolist()} white={white}")
+    if np.any(black < 0):
+        raise InputError(f"black_level must be >= 0, got {black.tolist()}")
+    if np.any(black >= white):
+        raise InputError(
+            f"black_level {black.tolist()} must be below white_level {white}; check the sensor's levels"
+        )
+    return black, white
+
+
+def _extend(raw: np.ndarray, g: BayerGeometry) -> np.ndarray:
+    """Mirror same-colour rows/columns so the frame has the model's phase and even size."""
+    bottom = (g.height + g.dy) % 2
+    right = (g.width + g.dx) % 2
+    if g.dy == g.dx == bottom == right == 0:
+        return raw
+    # 'reflect' (x[-1] = x[1]) keeps the CFA parity: the mirrored pixel is two away, same colour.
+    return np.pad(raw, ((g.dy, bottom), (g.dx, right)), mode="reflect")
+
+
+def pack(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
+         out: np.ndarray | None = None, clip: bool = False) -> np.ndarray:
+    """Normalise (x - black_c) / (white - black_c) and pack to float32 (4, H/2, W/2).
+
+    `black` is per site of the frame's CFA; channels come out in the model's order. The input
+    is never written to. Values are not clipped unless `clip` (clipping biases dark means).
+    """
+    ext = _extend(raw, g)
+    h2, w2 = g.packed_shape
+    if out is None:
+        out = np.empty((4, h2, w2), dtype=np.float32)
+    for ch in range(4):
+        r, c = divmod(ch, 2)
+        b = black[g.frame_site(ch)]
+        dst = out[ch]
+        np.subtract(ext[r::2, c::2], np.float32(b), out=dst, dtype=np.float32, casting="unsafe")
+        dst *= np.float32(1.0 / (white - b))
+        if clip:
+            np.clip(dst, 0.0, 1.0, out=dst)
+    return out
+
+
+def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
+           dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of `pack`: de-normalise, crop the extension, and cast to `dtype`.
+
+    Integer outputs are rounded and clipped to [0, white]; float outputs are returned unclipped.
+    """
+    dtype = np.dtype(dtype)
+    if out is None:
+        out = np.empty((g.height, g.width), dtype=dtype)
+    integer = dtype.kind in "ui"
+    for ch in range(4):
+        r, c = divmod(ch, 2)
+        b = black[g.frame_site(ch)]
+        # packed row i is frame row 2i + r - dy; skip the mirrored first row/column if any
+        r0, c0 = r - g.dy, c - g.dx
+        i0, j0 = (1 if r0 < 0 else 0), (1 if c0 < 0 else 0)
+        rows = range(r0 + 2 * i0, g.height, 2)
+        cols = range(c0 + 2 * j0, g.width, 2)
+        src = packed[ch, i0:i0 + len(rows), j0:j0 + len(cols)]
+        val = src.astype(np.float64 if dtype == np.float64 else np.float32, copy=True)
+        val *= white - b
+        val += b
+        if integer:
+            np.rint(val, out=val)
+            np.clip(val, 0, white, out=val)
+        out[rows.start::2, cols.start::2] = val
+    return out
+

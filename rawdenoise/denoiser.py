@@ -1,0 +1,204 @@
+"""Denoiser: wires validation, levels, packing, tiling and a runner. Orchestration only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import bayer, rgb
+from .errors import InputError
+from .spec import ModelSpec
+from .tiling import plan_tiles, run_tiled
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Resolved per-frame settings: CFA phase, black per CFA site, white, ISO."""
+
+    cfa: str | None
+    black: np.ndarray
+    white: float
+    iso: float | None
+
+
+def _frame_fields(raw) -> tuple[np.ndarray, dict[str, Any]]:
+    """Split a RawFrame-like object (or a path to a RAW file) into data and metadata."""
+    if isinstance(raw, (str, os.PathLike)):
+        from .rawio import read_raw
+
+        raw = read_raw(raw)
+    if isinstance(raw, np.ndarray):
+        return raw, {}
+    if hasattr(raw, "data") and hasattr(raw, "white_level"):
+        meta = getattr(raw, "meta", None) or {}
+        return np.asarray(raw.data), {
+            "cfa": getattr(raw, "cfa", None),
+            "black_level": getattr(raw, "black_level", None),
+            "white_level": raw.white_level,
+            "iso": meta.get("iso") if isinstance(meta, dict) else getattr(meta, "iso", None),
+        }
+    raise InputError(
+        f"cannot denoise a {type(raw).__name__}; pass a numpy array, a RawFrame (rawdenoise.read_raw) "
+        f"or a path to a RAW file"
+    )
+
+
+class Denoiser:
+    """Denoise sensor frames with one model on one runner.
+
+    >>> with Denoiser.load("unet.onnx") as dn:
+    ...     clean = dn.run(raw, cfa="RGGB", black_level=512, white_level=16383)
+    """
+
+    def __init__(self, runner, *, tile: int | None = None, overlap: int | None = None,
+                 batch: int | None = None, blend: str = "crop"):
+        runner.activate()
+        self.runtime = runner
+        self.spec: ModelSpec = runner.spec
+        s = self.spec
+        static = runner.static_hw()
+        if static is not None:
+            if tile not in (None, 0) and (tile, tile) != static:
+                raise InputError(f"this model was built for {static[0]} x {static[1]} tiles; tile={tile} cannot run on it")
+            self.tile: int | tuple[int, int] = static
+        else:
+            self.tile = s.tile if tile is None else int(tile)
+        self.overlap = s.receptive_radius if overlap is None else int(overlap)
+        static_batch = getattr(runner, "static_batch", lambda: None)()
+        if static_batch and batch not in (None, static_batch):
+            raise InputError(f"this model was built for batch {static_batch}; batch={batch} cannot run on it")
+        self.batch = static_batch or (runner.preferred_batch() if batch is None else int(batch))
+        if self.batch < 1 or self.overlap < 0:
+            raise InputError(f"batch must be >= 1 and overlap >= 0, got batch={self.batch} overlap={self.overlap}")
+        self.blend = blend
+        # validate tile/overlap now rather than on the first frame
+        plan_tiles(4 * s.multiple, 4 * s.multiple, tile=self.tile, overlap=self.overlap, multiple=s.multiple)
+
+    @classmethod
+    def load(cls, path, *, runtime: str | None = None, device: str | None = None, tile: int | None = None,
+             overlap: int | None = None, batch: int | None = None, precision: str | None = None,
+             threads: int | None = None, **runner_options) -> "Denoiser":
+        """Open a model file (.pt, .onnx, .engine/.plan) with the runtime its suffix implies."""
+        import runtimes
+
+        if str(path) == "default":
+            from .models import default_model_path
+
+            path = default_model_path(runtime)
+        path = Path(path)
+        name = runtimes.canonical(runtime) if runtime else runtimes.for_path(path)
+        runner = runtimes.get(name)(path, device=device, precision=precision, threads=threads, **runner_options)
+        return cls(runner, tile=tile, overlap=overlap, batch=batch)
+
+    @classmethod
+    def from_module(cls, module, spec: ModelSpec, **kwargs) -> "Denoiser":
+        """Wrap an in-memory torch module (e.g. straight after training)."""
+        from runtimes.torch_runner import TorchRunner
+
+        opts = {k: kwargs.pop(k) for k in ("device", "precision", "threads", "channels_last") if k in kwargs}
+        return cls(TorchRunner(module, spec=spec, **opts), **kwargs)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        self.runtime.deactivate()
+
+    def __enter__(self) -> "Denoiser":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- the job ----------------------------------------------------------------------------
+    def resolve_levels(self, data: np.ndarray, meta: dict, cfa, black_level, white_level, iso) -> Levels:
+        """Arguments win over file metadata; float frames default to black 0, white 1."""
+        s = self.spec
+        cfa = cfa if cfa is not None else meta.get("cfa")
+        black = black_level if black_level is not None else meta.get("black_level")
+        white = white_level if white_level is not None else meta.get("white_level")
+        iso = iso if iso is not None else meta.get("iso")
+        if s.layout == "bayer4":
+            if cfa is None:
+                raise InputError(
+                    "cfa is required for a numpy Bayer frame: pass cfa='RGGB' (or BGGR, GRBG, GBRG), "
+                    "the sensor's 2x2 pattern at the frame's top-left pixel"
+                )
+            cfa = bayer.parse_cfa(cfa)
+            n_sites = 4
+        else:
+            cfa, n_sites = None, 1
+        if white is None:
+            white = 1.0 if data.dtype.kind == "f" else (rgb.default_white(data.dtype) if s.layout == "rgb" else None)
+            if white is None:
+                raise InputError(
+                    f"white_level is required for a {data.dtype} Bayer frame: the sensor's saturation "
+                    f"value in DN (e.g. 16383 for a 14-bit sensor), and black_level with it"
+                )
+        if black is None:
+            if data.dtype.kind in "ui" and s.layout == "bayer4":
+                raise InputError(
+                    f"black_level is required for a {data.dtype} Bayer frame: the sensor's black "
+                    f"offset in DN (a scalar or 4 values in the 2x2 order of the cfa; 0 if already subtracted)"
+                )
+            black = 0.0
+        black_arr, white_f = bayer.check_levels(black, white, n_sites)
+        if iso is not None:
+            iso = float(iso)
+            if not np.isfinite(iso) or iso <= 0:
+                raise InputError(f"iso must be a positive number, got {iso}")
+        return Levels(cfa, black_arr, white_f, iso)
+
+    def _affine(self, levels: Levels) -> tuple[float, float]:
+        """network_input = normalised * gain + offset (k-sigma transform and manifest scaling)."""
+        s = self.spec
+        gain, offset = 1.0, 0.0
+        if s.ksigma is not None:
+            gain, offset = s.ksigma.gain_offset(iso=levels.iso)
+        return gain * s.scale, offset * s.scale + s.offset
+
+    def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None,
+            progress: bool = False) -> np.ndarray:
+        """Denoise one frame; returns the same shape and dtype, in sensor units.
+
+        `raw` is a 2-D Bayer array (H x W x 3 for RGB models), a RawFrame, or a RAW file path.
+        The input is never written to.
+        """
+        data, meta = _frame_fields(raw)
+        s = self.spec
+        if s.layout == "bayer4":
+            bayer.check_bayer_array(data)
+        else:
+            rgb.check_rgb_array(data)
+        lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
+
+        if s.layout == "bayer4":
+            geom = bayer.geometry(data.shape, lv.cfa, s.channel_order)
+            x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input)
+        else:
+            x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
+            if s.clip_input:
+                np.clip(x, 0.0, 1.0, out=x)
+        gain, offset = self._affine(lv)
+        if (gain, offset) != (1.0, 0.0):
+            x *= np.float32(gain)
+            x += np.float32(offset)
+
+        _, h, w = x.shape
+        plan = plan_tiles(h, w, tile=self.tile, overlap=self.overlap, multiple=s.multiple,
+                          pad_to_tile=not self.runtime.dynamic_shapes)
+        y = run_tiled(self.runtime.infer, x, plan, batch=self.batch, out_channels=s.out_channels,
+                      blend=self.blend, progress=progress)
+        if s.output == "residual":
+            y += x[: s.out_channels]
+        if (gain, offset) != (1.0, 0.0):
+            y -= np.float32(offset)
+            y *= np.float32(1.0 / gain)
+        if s.layout == "bayer4":
+            return bayer.unpack(y, geom, lv.black, lv.white, dtype=data.dtype)
+        return rgb.from_planar(y, float(lv.black[0]), lv.white, data.dtype, s.channel_order)
+
+    def __repr__(self) -> str:
+        return f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} batch={self.batch}>"

@@ -1,0 +1,42 @@
+"""Exception tree.
+
+`RawDenoiseError` and its subclasses are user errors: a wrong argument, a bad file, a missing
+package. Their message says what was received, what is allowed and how to fix it; the CLI prints
+it on one line. Any other exception escaping the SDK is a bug in the SDK.
+"""
+
+
+class RawDenoiseError(Exception):
+    """A problem the caller can fix (bad input, bad file, missing dependency)."""
+
+
+class InputError(RawDenoiseError, ValueError):
+    """An argument or input array is not acceptable."""
+
+
+class ModelFileError(RawDenoiseError):
+    """A model file is missing, truncated, corrupt or of an unknown kind."""
+
+
+class UnsafeFileError(ModelFileError):
+    """A weight file would import or call code when loaded; it was refused, not executed."""
+
+
+class RawFileError(RawDenoiseError):
+    """A RAW file cannot be read or is not a 2x2 Bayer mosaic."""
+
+
+class MissingDependencyError(RawDenoiseError, ImportError):
+    """An optional framework is not installed; the message names the pip extra."""
+
+
+class ConversionError(RawDenoiseError):
+    """A model or weight conversion failed (name/shape mismatch, parity failure...)."""
+
+
+def missing(package: str, extra: str, purpose: str) -> MissingDependencyError:
+    """Build the standard error for an optional package that is not installed."""
+    return MissingDependencyError(
+        f"{purpose} needs the Python package '{package}', which is not installed; "
+        f"install it with: pip install 'rawdenoise[{extra}]'"
+    )

@@ -1,0 +1,212 @@
+"""Seam-free tiled inference over any predictor callable (pure numpy).
+
+The frame (C x H x W network input) is conceptually reflect-padded at the bottom/right to a
+multiple of the model's size multiple; tiles of one shape are cut from that padded frame at
+origins that are multiples of the size multiple (so pooling grids line up with the untiled
+pass) and the last row/column of tiles is shifted back inside. Each output pixel is taken from
+the tile in which it lies farthest from a cut edge. With overlap >= the receptive-field radius
+every kept pixel saw exactly the context it sees in the untiled pass: tiled == untiled.
+
+Tiles are gathered `batch` at a time into one reused buffer, so working memory beyond the input
+and output frames is O(batch x tile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Tiles along one axis: origins in the padded frame and the [start, end) each one keeps."""
+
+    size: int
+    padded: int
+    tile: int
+    origins: tuple[int, ...]
+    keep: tuple[tuple[int, int], ...]
+
+
+def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bool = False) -> AxisPlan:
+    padded = round_up(size, multiple)
+    if pad_to_tile and tile:
+        padded = max(padded, tile)
+    if tile == 0 or tile >= padded:
+        return AxisPlan(size, padded, padded, (0,), ((0, size),))
+    stride = (tile - 2 * overlap) // multiple * multiple
+    if stride < multiple:
+        raise InputError(
+            f"tile {tile} is too small for overlap {overlap}: a tile must be at least "
+            f"2 x overlap + {multiple} = {2 * overlap + multiple}; use a larger tile or tile=0 (no tiling)"
+        )
+    origins = list(range(0, padded - tile, stride)) + [padded - tile]
+    # each pixel belongs to the tile whose nearest cut edge is farthest: split overlaps in the middle
+    bounds = [0] + [(a + tile + b) // 2 for a, b in zip(origins[:-1], origins[1:])] + [padded]
+    kept_origins, keep = [], []
+    for o, a, b in zip(origins, bounds[:-1], bounds[1:]):
+        a, b = min(a, size), min(b, size)
+        if b > a:
+            kept_origins.append(o)
+            keep.append((a, b))
+    return AxisPlan(size, padded, tile, tuple(kept_origins), tuple(keep))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    rows: AxisPlan
+    cols: AxisPlan
+    overlap: int
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return self.rows.tile, self.cols.tile
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.rows.origins) * len(self.cols.origins)
+
+    @property
+    def compute_ratio(self) -> float:
+        """Pixels the network processes relative to one untiled pass over the padded frame."""
+        return self.n_tiles * self.rows.tile * self.cols.tile / (self.rows.padded * self.cols.padded)
+
+    def tiles(self) -> Iterator[tuple[int, int, tuple[int, int], tuple[int, int]]]:
+        """(y0, x0, (keep_y0, keep_y1), (keep_x0, keep_x1)) in raster order."""
+        for y0, ky in zip(self.rows.origins, self.rows.keep):
+            for x0, kx in zip(self.cols.origins, self.cols.keep):
+                yield y0, x0, ky, kx
+
+
+def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], overlap: int, multiple: int,
+               pad_to_tile: bool = False) -> TilePlan:
+    """Plan tiles of `tile` x `tile` (or `(th, tw)`; 0 = one pass over the whole padded frame).
+
+    `pad_to_tile` pads frames smaller than a tile up to the tile, so a fixed-shape engine sees
+    one shape only.
+    """
+    th, tw = (tile, tile) if isinstance(tile, (int, np.integer)) else (int(tile[0]), int(tile[1]))
+    if multiple < 1:
+        raise InputError(f"multiple must be >= 1, got {multiple}")
+    for t in (th, tw):
+        if t < 0 or t % multiple:
+            lo, hi = t // multiple * multiple, round_up(max(t, 1), multiple)
+            raise InputError(f"tile {t} is not a non-negative multiple of {multiple}; use {lo} or {hi}")
+    if overlap < 0:
+        raise InputError(f"overlap must be >= 0, got {overlap}")
+    if height < 1 or width < 1:
+        raise InputError(f"cannot tile an empty frame ({height} x {width})")
+    return TilePlan(plan_axis(height, th, overlap, multiple, pad_to_tile),
+                    plan_axis(width, tw, overlap, multiple, pad_to_tile), overlap)
+
+
+def _reflect_index(start: int, n: int, size: int) -> np.ndarray:
+    """Indices start..start+n-1 reflected into [0, size) like numpy.pad(mode='reflect')."""
+    i = np.arange(start, start + n)
+    if size == 1:
+        return np.zeros(n, dtype=np.intp)
+    period = 2 * (size - 1)
+    i = np.abs(i) % period
+    return np.where(i >= size, period - i, i)
+
+
+def _fetch(x: np.ndarray, y0: int, x0: int, th: int, tw: int, dst: np.ndarray) -> None:
+    """Copy the tile at (y0, x0) of the reflect-padded frame into dst without padding the frame."""
+    _, h, w = x.shape
+    if y0 + th <= h and x0 + tw <= w:
+        dst[...] = x[:, y0:y0 + th, x0:x0 + tw]
+    else:
+        ri = _reflect_index(y0, th, h)
+        ci = _reflect_index(x0, tw, w)
+        dst[...] = x[:, ri[:, None], ci[None, :]]
+
+
+def _ramp(n: int, width: int, lead: bool, trail: bool) -> np.ndarray:
+    """1-D blend weight: rises over `width` px at sides facing another tile, 1 elsewhere."""
+    w = np.ones(n, dtype=np.float32)
+    if width > 0:
+        r = (np.arange(width, dtype=np.float32) + 0.5) / width
+        if lead:
+            w[:width] = np.minimum(w[:width], r)
+        if trail:
+            w[n - width:] = np.minimum(w[n - width:], r[::-1])
+    return w
+
+
+def run_tiled(predict: Predictor, x: np.ndarray, plan: TilePlan, *, batch: int = 1,
+              out_channels: int | None = None, blend: str = "crop", progress: bool = False,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Run `predict` over the tiles of `plan` and stitch a (out_channels, H, W) float32 result.
+
+    `predict` maps float32 (N, C, th, tw) to (N, C_out, th, tw). `blend="crop"` keeps each pixel
+    from one tile (exact); `blend="feather"` averages overlapping tiles with linear ramps, for
+    models with global context where no overlap makes tiles exact.
+    """
+    if x.ndim != 3:
+        raise InputError(f"run_tiled expects a C x H x W array, got shape {x.shape}")
+    if blend not in ("crop", "feather"):
+        raise InputError(f"blend {blend!r} is not one of crop, feather")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    c, h, w = x.shape
+    if (plan.rows.size, plan.cols.size) != (h, w):
+        raise InputError(f"tile plan is for {plan.rows.size} x {plan.cols.size}, frame is {h} x {w}")
+    co = c if out_channels is None else out_channels
+    if out is None:
+        out = np.zeros((co, h, w), dtype=np.float32) if blend == "feather" else np.empty((co, h, w), np.float32)
+    elif blend == "feather":
+        out[...] = 0
+    th, tw = plan.tile_shape
+    tiles = list(plan.tiles())
+    buf = np.empty((min(batch, len(tiles)), c, th, tw), dtype=np.float32)
+    weight = np.zeros((h, w), dtype=np.float32) if blend == "feather" else None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(tiles), unit="tile", desc="denoise")
+    try:
+        for first in range(0, len(tiles), buf.shape[0]):
+            group = tiles[first:first + buf.shape[0]]
+            for k, (y0, x0, _, _) in enumerate(group):
+                _fetch(x, y0, x0, th, tw, buf[k])
+            pred = np.asarray(predict(buf[:len(group)]))
+            if pred.shape != (len(group), co, th, tw):
+                raise InputError(
+                    f"predictor returned shape {pred.shape}, expected {(len(group), co, th, tw)}"
+                )
+            for k, (y0, x0, (ky0, ky1), (kx0, kx1)) in enumerate(group):
+                if blend == "crop":
+                    out[:, ky0:ky1, kx0:kx1] = pred[k, :, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
+                else:
+                    _accumulate(out, weight, pred[k], y0, x0, plan)
+            if bar is not None:
+                bar.update(len(group))
+    finally:
+        if bar is not None:
+            bar.close()
+    if weight is not None:
+        out /= weight
+    return out
+
+
+def _accumulate(out, weight, tile_pred, y0, x0, plan: TilePlan) -> None:
+    th, tw = plan.tile_shape
+    h, w = weight.shape
+    ramp = plan.overlap
+    wy = _ramp(th, min(ramp, th // 2), y0 > 0, y0 + th < plan.rows.padded)
+    wx = _ramp(tw, min(ramp, tw // 2), x0 > 0, x0 + tw < plan.cols.padded)
+    y1, x1 = min(y0 + th, h), min(x0 + tw, w)
+    wt = wy[: y1 - y0, None] * wx[None, : x1 - x0]
+    out[:, y0:y1, x0:x1] += tile_pred[:, : y1 - y0, : x1 - x0] * wt
+    weight[y0:y1, x0:x1] += wt

@@ -1,0 +1,129 @@
+"""The SDK's `.pt` artifact: manifest + architecture name and arguments + state_dict.
+
+It holds tensors and plain containers only, so it loads with `torch.load(weights_only=True)`;
+a file whose pickle would import or call anything else is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError, UnsafeFileError, InputError
+from ..fileio import atomic_output
+from ..spec import ModelSpec
+from . import registry
+
+FORMAT = "rawdenoise.pt"
+FORMAT_VERSION = 1
+
+
+def safe_torch_load(path):
+    """torch.load with weights_only=True, translating failures into clear SDK errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((l for l in first if "global" in l.lower() or "unsupported" in l.lower()), first[0] if first else "")
+        raise UnsafeFileError(
+            f"{path} was refused: its pickle would import or call code beyond tensors and plain "
+            f"containers ({detail.strip()[:200]}); nothing from it was executed. Re-save the weights "
+            f"as a plain state_dict or convert them with python -m converters.import_weights"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ModelFileError(f"{path} is not a readable torch file (truncated or corrupt?): {str(e)[:200]}") from None
+
+
+def save(module: torch.nn.Module, path, spec: ModelSpec | None = None, *, overwrite: bool = True) -> ModelSpec:
+    """Write `module` (built by `zoo.create`) as a `.pt` artifact; returns the manifest written.
+
+    With no spec, the architecture's default manifest is used; a manifest without a
+    receptive-field radius gets one measured from the module.
+    """
+    arch = getattr(module, "rawdenoise_arch", None)
+    if arch is None:
+        raise InputError(
+            "module was not built by rawdenoise.zoo.create, so its architecture cannot be recorded; "
+            "build it with zoo.create(name, **kwargs) and load_state_dict your weights into it"
+        )
+    name, kwargs = arch
+    spec = spec or registry.default_spec(name, **kwargs)
+    if spec.receptive_radius == 0:
+        spec = spec.replace(receptive_radius=measure_receptive_radius(module, spec))
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "arch": name,
+        "arch_kwargs": dict(kwargs),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+    }
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return spec
+
+
+def read(path) -> dict:
+    """The artifact's payload (validated), without building the module."""
+    payload = safe_torch_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        kind = "a plain state_dict" if isinstance(payload, dict) else type(payload).__name__
+        raise ModelFileError(
+            f"{path} is {kind}, not a rawdenoise .pt artifact; convert it with "
+            f"python -m converters.import_weights {path} --arch NAME -o model.pt"
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path} was written by a newer rawdenoise (format {payload['format_version']}); upgrade")
+    for key in ("spec", "arch", "arch_kwargs", "state_dict"):
+        if key not in payload:
+            raise ModelFileError(f"{path} is a damaged artifact: missing '{key}'")
+    return payload
+
+
+def load(path) -> tuple[torch.nn.Module, ModelSpec]:
+    """Build the module of a `.pt` artifact (CPU, eval mode) and return it with its manifest."""
+    payload = read(path)
+    spec = ModelSpec.from_dict(payload["spec"])
+    module = registry.create(payload["arch"], **payload["arch_kwargs"])
+    try:
+        module.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: weights do not fit architecture {payload['arch']!r}: {str(e)[:300]}") from None
+    return module.eval(), spec
+
+
+def measure_receptive_radius(module: torch.nn.Module, spec: ModelSpec, max_size: int = 2048) -> int:
+    """Receptive-field radius in network-input pixels, from the support of the input gradient.
+
+    The gradient of a `multiple` x `multiple` block of outputs (all pooling phases) with respect
+    to a random input is exactly zero outside the receptive field and non-zero inside it.
+    """
+    m = spec.multiple
+    size = max(128, 8 * m)
+    was_training = module.training
+    module.eval()
+    try:
+        while True:
+            size = -(-size // m) * m
+            gen = torch.Generator().manual_seed(0)
+            x = torch.rand(1, spec.in_channels, size, size, generator=gen, dtype=torch.float32)
+            x.requires_grad_(True)
+            b0 = size // 2 // m * m
+            y = module(x)
+            (g,) = torch.autograd.grad(y[:, :, b0:b0 + m, b0:b0 + m].sum(), x)
+            support = g.abs().sum(dim=(0, 1)) > 0
+            rows = torch.nonzero(support.any(dim=1)).flatten()
+            cols = torch.nonzero(support.any(dim=0)).flatten()
+            lo = int(min(rows.min(), cols.min()))
+            hi = int(max(rows.max(), cols.max()))
+            if (lo > 0 and hi < size - 1) or size >= max_size:
+                return max(b0 - lo, hi - (b0 + m - 1), 0)
+            size *= 2
+    finally:
+        module.train(was_training)

@@ -1,0 +1,102 @@
+"""The runner contract shared by every back end.
+
+A runner is built once per model file and reused for every call: `activate()` loads the model
+(session, engine, module), `infer(batch)` maps float32 NCHW to float32 NCHW, `deactivate()`
+releases it; it is a context manager. The base class validates what goes in and out and records
+timing; back ends implement the `*_impl` hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from rawdenoise.errors import InputError
+from rawdenoise.spec import ModelSpec
+
+
+class Runner:
+    name = "base"
+
+    def __init__(self, source: Any, *, spec: ModelSpec | None = None, device: str | None = None,
+                 precision: str | None = None, threads: int | None = None):
+        self.source = source
+        self.spec: ModelSpec | None = spec
+        self.device = device or "cpu"
+        self.precision = precision
+        self.threads = threads
+        self.is_active = False
+        self.last_inference_time: float | None = None
+        self.total_inference_time = 0.0
+        self.calls = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+            if self.spec is None:
+                raise AssertionError(f"{type(self).__name__}.activate_impl did not set a spec")
+            if self.precision is None:
+                self.precision = self.spec.precision
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # ---- inference ------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) -> float32 (N, C_out, H, W). Thread-safe for concurrent calls."""
+        if not self.is_active:
+            raise InputError(f"{self.name} runner is not active; call activate() or use it as a context manager")
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise InputError(f"infer expects a 4-D numpy array (N, C, H, W), got {getattr(batch, 'shape', type(batch))}")
+        if batch.shape[1] != self.spec.in_channels:
+            raise InputError(f"model takes {self.spec.in_channels} channels, batch has {batch.shape[1]}")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        t0 = time.perf_counter()
+        out = self.infer_impl(batch)
+        dt = time.perf_counter() - t0
+        self.last_inference_time = dt
+        self.total_inference_time += dt
+        self.calls += 1
+        return out
+
+    @property
+    def dynamic_shapes(self) -> bool:
+        """True when the runner accepts any N/H/W (within its profile)."""
+        return self.static_hw() is None
+
+    def static_hw(self) -> tuple[int, int] | None:
+        """The fixed (H, W) the model was built for, or None when H and W are dynamic."""
+        return None
+
+    def preferred_batch(self) -> int:
+        return 1 if self.device == "cpu" else 4
+
+    def io(self) -> dict[str, list[dict[str, Any]]]:
+        """Names, shapes (None for dynamic) and dtypes of the model's inputs and outputs."""
+        return {"inputs": [], "outputs": []}
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.source!r} device={self.device} precision={self.precision}>"

@@ -1,0 +1,92 @@
+"""ONNX Runtime runner: CPU by default, CUDA / TensorRT execution providers when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from rawdenoise.errors import InputError, ModelFileError
+from rawdenoise.spec import METADATA_KEY, ModelSpec
+
+from .base import Runner
+
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def _dim(d) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+class OrtRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, source, *, spec: ModelSpec | None = None, device: str | None = None,
+                 precision: str | None = None, threads: int | None = None):
+        device = (device or "cpu").split(":")[0]
+        if device not in _PROVIDERS:
+            raise InputError(f"onnxruntime device {device!r} is not one of {', '.join(_PROVIDERS)}")
+        super().__init__(source, spec=spec, device=device, precision=precision, threads=threads)
+        self.session: ort.InferenceSession | None = None
+
+    def activate_impl(self) -> None:
+        path = Path(self.source)
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist")
+        wanted = _PROVIDERS[self.device]
+        have = ort.get_available_providers()
+        if wanted[0] not in have:
+            raise InputError(
+                f"onnxruntime here has no {wanted[0]} (available: {', '.join(have)}); "
+                f"install onnxruntime-gpu for CUDA, or use device='cpu'"
+            )
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                                providers=[p for p in wanted if p in have])
+        except Exception as e:  # ORT raises its own exception types for bad files
+            raise ModelFileError(f"{path} is not a loadable ONNX model: {str(e).splitlines()[0][:300]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if self.spec is None:
+            if METADATA_KEY not in meta:
+                raise ModelFileError(
+                    f"{path} carries no rawdenoise manifest (metadata '{METADATA_KEY}'); export it with "
+                    f"python -m converters.torch2onnx, or pass spec=ModelSpec(...)"
+                )
+            self.spec = ModelSpec.from_json(meta[METADATA_KEY])
+        self._input = self.session.get_inputs()[0]
+        self._output = self.session.get_outputs()[0]
+        self._half = self._input.type == "tensor(float16)"
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        x = batch.astype(np.float16) if self._half else batch
+        (y,) = self.session.run([self._output.name], {self._input.name: x})
+        return y if y.dtype == np.float32 else y.astype(np.float32)
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def static_hw(self) -> tuple[int, int] | None:
+        if self.session is None:
+            return None
+        shape = self._input.shape
+        h, w = _dim(shape[2]), _dim(shape[3])
+        return (h, w) if h and w else None
+
+    def static_batch(self) -> int | None:
+        return _dim(self._input.shape[0]) if self.session is not None else None
+
+    def io(self) -> dict[str, list[dict[str, Any]]]:
+        def desc(t):
+            return {"name": t.name, "shape": [_dim(d) for d in t.shape], "dtype": t.type}
+        return {"inputs": [desc(t) for t in self.session.get_inputs()],
+                "outputs": [desc(t) for t in self.session.get_outputs()]}

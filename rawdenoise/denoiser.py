@@ -151,19 +151,35 @@ class Denoiser:
                 raise InputError(f"iso must be a positive number, got {iso}")
         return Levels(cfa, black_arr, white_f, iso)
 
-    def _affine(self, levels: Levels) -> tuple[float, float]:
-        """network_input = normalised * gain + offset (k-sigma transform and manifest scaling)."""
+    def _affine(self, x: np.ndarray, levels: Levels, noise) -> tuple[float, float]:
+        """network_input = normalised * gain + offset (k-sigma transform and manifest scaling).
+
+        The k-sigma transform needs the frame's noise: explicit `noise` (k, sigma^2 in normalised
+        units) wins, then the ISO with the manifest's coefficients, else it is estimated from the
+        frame itself.
+        """
         s = self.spec
         gain, offset = 1.0, 0.0
-        if s.ksigma is not None:
-            gain, offset = s.ksigma.gain_offset(iso=levels.iso)
+        ks = s.ksigma
+        if ks is not None:
+            if noise is None and levels.iso is None:
+                from .noise import estimate_noise
+
+                noise = estimate_noise(x)
+            if noise is not None:
+                k, s2 = (float(v) for v in noise)
+                gain, offset = ks.gain_offset(k=k * ks.v, sigma=s2 * ks.v ** 2)
+            else:
+                gain, offset = ks.gain_offset(iso=levels.iso)
         return gain * s.scale, offset * s.scale + s.offset
 
-    def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None,
+    def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
             progress: bool = False) -> np.ndarray:
         """Denoise one frame; returns the same shape and dtype, in sensor units.
 
         `raw` is a 2-D Bayer array (H x W x 3 for RGB models), a RawFrame, or a RAW file path.
+        `noise` = (k, sigma^2): the frame's Poisson-Gaussian parameters in normalised [0, 1] units,
+        for models conditioned on the noise level (otherwise from `iso` or estimated).
         The input is never written to.
         """
         data, meta = _frame_fields(raw)
@@ -181,7 +197,7 @@ class Denoiser:
             x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
             if s.clip_input:
                 np.clip(x, 0.0, 1.0, out=x)
-        gain, offset = self._affine(lv)
+        gain, offset = self._affine(x, lv, noise)
         if (gain, offset) != (1.0, 0.0):
             x *= np.float32(gain)
             x += np.float32(offset)

@@ -1,0 +1,1 @@
+"""Model converters, each runnable as `python -m converters.NAME`."""

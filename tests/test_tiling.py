@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rawdenoise.errors import InputError
+from rawdenoise.tiling import plan_tiles, run_tiled
+
+
+def double(x):
+    return 2 * x
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (5, 7), (31, 33), (64, 64), (97, 131), (250, 17)])
+@pytest.mark.parametrize("tile,overlap", [(0, 0), (32, 0), (32, 8), (64, 16), (48, 8), (96, 40)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_identity_like_predictor_is_reproduced(h, w, tile, overlap, batch, rng):
+    x = rng.random((3, h, w), dtype=np.float32)
+    before = x.copy()
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple=16)
+    y = run_tiled(double, x, plan, batch=batch)
+    np.testing.assert_array_equal(y, 2 * x)
+    np.testing.assert_array_equal(x, before)
+
+
+@settings(max_examples=80, deadline=None)
+@given(h=st.integers(1, 300), w=st.integers(1, 300), m=st.sampled_from([1, 4, 16, 32]),
+       k=st.integers(0, 6), overlap=st.integers(0, 40))
+def test_every_pixel_is_kept_exactly_once_with_its_context(h, w, m, k, overlap):
+    tile = k * m
+    needs_tiles = tile and tile < max(-(-h // m) * m, -(-w // m) * m)
+    if needs_tiles and tile < 2 * overlap + m:
+        with pytest.raises(InputError):
+            plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m)
+        return
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m)
+    count = np.zeros((h, w), int)
+    th, tw = plan.tile_shape
+    assert th % m == 0 and tw % m == 0
+    for y0, x0, (a, b), (c, d) in plan.tiles():
+        assert y0 % m == 0 and x0 % m == 0  # pooling grids line up with the untiled pass
+        assert 0 <= y0 and y0 + th <= plan.rows.padded and x0 + tw <= plan.cols.padded
+        count[a:b, c:d] += 1
+        # kept pixels are >= overlap away from every cut edge (frame edges are not cuts)
+        if y0 > 0:
+            assert a - y0 >= overlap
+        if y0 + th < plan.rows.padded:
+            assert y0 + th - b >= overlap
+        if x0 > 0:
+            assert c - x0 >= overlap
+        if x0 + tw < plan.cols.padded:
+            assert x0 + tw - d >= overlap
+    assert np.all(count == 1)
+
+
+def test_predictor_sees_same_shape_tiles_and_reflect_padding(rng):
+    x = rng.random((2, 37, 53), dtype=np.float32)
+    seen = []
+
+    def spy(b):
+        seen.append(b.shape)
+        return b.copy()
+
+    plan = plan_tiles(37, 53, tile=32, overlap=4, multiple=16)
+    run_tiled(spy, x, plan, batch=2)
+    assert {s[1:] for s in seen} == {(2, 32, 32)}
+    # untiled: one padded pass equal to numpy's reflect padding
+    got = []
+    run_tiled(lambda b: (got.append(b.copy()), b)[1], x, plan_tiles(37, 53, tile=0, overlap=0, multiple=16))
+    np.testing.assert_array_equal(got[0][0], np.pad(x, ((0, 0), (0, 11), (0, 11)), mode="reflect"))
+
+
+def test_pad_to_tile_keeps_one_shape_for_small_frames(rng):
+    plan = plan_tiles(20, 90, tile=64, overlap=8, multiple=16, pad_to_tile=True)
+    assert plan.tile_shape == (64, 64)
+    x = rng.random((1, 20, 90), dtype=np.float32)
+    np.testing.assert_array_equal(run_tiled(double, x, plan), 2 * x)
+
+
+def test_feather_blend_is_a_weighted_average(rng):
+    x = rng.random((2, 70, 90), dtype=np.float32)
+    plan = plan_tiles(70, 90, tile=32, overlap=8, multiple=16)
+    np.testing.assert_allclose(run_tiled(double, x, plan, blend="feather"), 2 * x, rtol=1e-6)
+
+
+def test_output_channels_may_differ(rng):
+    x = rng.random((5, 40, 40), dtype=np.float32)
+    y = run_tiled(lambda b: b[:, :4] * 3, x, plan_tiles(40, 40, tile=32, overlap=4, multiple=8), out_channels=4)
+    np.testing.assert_allclose(y, 3 * x[:4], rtol=1e-6)
+
+
+def test_conv_stack_tiled_equals_untiled_with_overlap_at_receptive_radius(rng):
+    """A pure-numpy 5x5 box filter applied 3 times (radius 6) is shift-invariant: tiles are exact."""
+    from scipy.ndimage import uniform_filter
+
+    def predict(b):
+        out = b.copy()
+        for _ in range(3):
+            out = uniform_filter(out, size=(1, 1, 5, 5), mode="constant")
+        return out
+
+    x = rng.random((1, 150, 170), dtype=np.float32)
+    full = run_tiled(predict, x, plan_tiles(150, 170, tile=0, overlap=0, multiple=8))
+    tiled = run_tiled(predict, x, plan_tiles(150, 170, tile=48, overlap=6, multiple=8))
+    np.testing.assert_allclose(tiled, full, rtol=1e-5, atol=1e-6)
+    short = run_tiled(predict, x, plan_tiles(150, 170, tile=48, overlap=3, multiple=8))
+    assert np.abs(short - full).max() > 1e-4  # the check can fail: too little overlap shows seams
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(tile=33, overlap=0, multiple=16), "multiple of 16; use 32 or 48"),
+    (dict(tile=32, overlap=10, multiple=16), "too small for overlap"),
+    (dict(tile=32, overlap=-1, multiple=16), "overlap"),
+])
+def test_bad_plans(kw, msg):
+    with pytest.raises(InputError, match=msg):
+        plan_tiles(100, 100, **kw)
+
+
+def test_bad_predictor_output_shape(rng):
+    x = rng.random((1, 40, 40), dtype=np.float32)
+    with pytest.raises(InputError, match="predictor returned shape"):
+        run_tiled(lambda b: b[:, :, :-1], x, plan_tiles(40, 40, tile=32, overlap=0, multiple=16))
+
+
+def test_compute_ratio():
+    plan = plan_tiles(512, 512, tile=256, overlap=0, multiple=16)
+    assert plan.n_tiles == 4 and plan.compute_ratio == 1.0

@@ -62,6 +62,17 @@ def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bo
     return AxisPlan(size, padded, tile, tuple(kept_origins), tuple(keep))
 
 
+def suggest_tile(radius: int, multiple: int, max_ratio: float = 1.25, minimum: int = 256) -> int:
+    """Smallest tile (a multiple of `multiple`, >= `minimum`) whose overlap costs at most
+    `max_ratio` x the untiled compute when the overlap equals the receptive-field radius."""
+    t = round_up(max(minimum, 2 * radius + multiple), multiple)
+    while True:
+        stride = (t - 2 * radius) // multiple * multiple
+        if stride >= multiple and (t / stride) ** 2 <= max_ratio:
+            return t
+        t += multiple
+
+
 @dataclass(frozen=True)
 class TilePlan:
     rows: AxisPlan
@@ -210,3 +221,21 @@ def _accumulate(out, weight, tile_pred, y0, x0, plan: TilePlan) -> None:
     wt = wy[: y1 - y0, None] * wx[None, : x1 - x0]
     out[:, y0:y1, x0:x1] += tile_pred[:, : y1 - y0, : x1 - x0] * wt
     weight[y0:y1, x0:x1] += wt
+
+
+def iter_tiles(x: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (y0, x0, tile) for every tile of `plan`, cut exactly as `run_tiled` cuts them.
+
+    Each tile is a fresh float32 (C, th, tw) array (reflect padding beyond the frame edge), so
+    callers such as calibration readers can keep a few without holding the frame.
+    """
+    if x.ndim != 3:
+        raise InputError(f"iter_tiles expects a C x H x W array, got shape {x.shape}")
+    c, h, w = x.shape
+    if (plan.rows.size, plan.cols.size) != (h, w):
+        raise InputError(f"tile plan is for {plan.rows.size} x {plan.cols.size}, frame is {h} x {w}")
+    th, tw = plan.tile_shape
+    for y0, x0, _, _ in plan.tiles():
+        dst = np.empty((c, th, tw), dtype=np.float32)
+        _fetch(x, y0, x0, th, tw, dst)
+        yield y0, x0, dst

@@ -15,6 +15,7 @@ import torch
 from ..errors import ModelFileError, UnsafeFileError, InputError
 from ..fileio import atomic_output
 from ..spec import ModelSpec
+from ..tiling import suggest_tile
 from . import registry
 
 FORMAT = "rawdenoise.pt"
@@ -43,8 +44,9 @@ def safe_torch_load(path):
 def save(module: torch.nn.Module, path, spec: ModelSpec | None = None, *, overwrite: bool = True) -> ModelSpec:
     """Write `module` (built by `zoo.create`) as a `.pt` artifact; returns the manifest written.
 
-    With no spec, the architecture's default manifest is used; a manifest without a
-    receptive-field radius gets one measured from the module.
+    With no spec, the architecture's default manifest is used, with the receptive-field radius
+    measured from the module and a preferred tile derived from it; a given manifest without a
+    radius gets one measured.
     """
     arch = getattr(module, "rawdenoise_arch", None)
     if arch is None:
@@ -53,8 +55,13 @@ def save(module: torch.nn.Module, path, spec: ModelSpec | None = None, *, overwr
             "build it with zoo.create(name, **kwargs) and load_state_dict your weights into it"
         )
     name, kwargs = arch
-    spec = spec or registry.default_spec(name, **kwargs)
-    if spec.receptive_radius == 0:
+    if spec is None:
+        # default manifest: measured receptive field, and a tile large enough that the overlap
+        # costs at most 25 % extra compute
+        spec = registry.default_spec(name, **kwargs)
+        radius = measure_receptive_radius(module, spec)
+        spec = spec.replace(receptive_radius=radius, tile=suggest_tile(radius, spec.multiple))
+    elif spec.receptive_radius == 0:
         spec = spec.replace(receptive_radius=measure_receptive_radius(module, spec))
     payload = {
         "format": FORMAT,

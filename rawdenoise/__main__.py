@@ -1,0 +1,7 @@
+"""`python -m rawdenoise` runs the rawdenoise command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

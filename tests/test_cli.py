@@ -1,0 +1,284 @@
+"""The `rawdenoise` command: denoise through an identity model, info, refusals, file safety."""
+
+import json
+import subprocess
+import sys
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rawdenoise import dng
+from rawdenoise.cli import main
+from rawdenoise.fileio import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("RGGB", "BGGR", "GRBG", "GBRG")
+BLACK = [60, 62, 64, 66]
+
+
+@pytest.fixture(scope="module")
+def identity_pt(tmp_path_factory):
+    """A UNet whose weights are all zero: its global residual makes it the identity."""
+    torch = pytest.importorskip("torch")
+    from rawdenoise import zoo
+
+    module = zoo.create("unet", width=4, depth=1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    x = torch.rand(2, 4, 16, 20)
+    with torch.no_grad():
+        assert torch.equal(module(x), x)  # really the identity, before relying on it
+    path = tmp_path_factory.mktemp("model") / "identity.pt"
+    zoo.save(module, path)
+    return path
+
+
+def _frame(rng, h=37, w=53):
+    return rng.integers(60, 4096, (h, w)).astype(np.uint16)
+
+
+def _run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _linear_dng(path, rng):
+    """A demosaiced (LinearRaw, 3 samples per pixel) DNG: a RAW file with no CFA."""
+    data = rng.integers(0, 4096, (24, 32, 3)).astype("<u2")
+    tags = dng.dng_tags(24, 32, "RGGB", [0] * 4, 4095, {})
+    for t in (33421, 33422, 50710, 50711, 50713):
+        tags.pop(t)
+    tags.update({262: (dng.SHORT, dng.PHOTOMETRIC_LINEAR_RAW), 277: (dng.SHORT, 3),
+                 258: (dng.SHORT, (16, 16, 16)), 50714: (dng.LONG, 0)})
+    dng.write_tiff_file(path, tags, data.tobytes())
+    return path
+
+
+def _assert_one_line_error(rc, err):
+    assert rc == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rawdenoise: error: "), err
+
+
+@pytest.mark.parametrize("cfa", PHASES)
+def test_identity_model_reproduces_dng_exactly(tmp_path, rng, identity_pt, capsys, cfa):
+    rawpy = pytest.importorskip("rawpy")
+    data = _frame(rng)
+    matrix = [[0.9, -0.3, -0.05], [-0.4, 1.2, 0.2], [-0.1, 0.25, 0.6]]
+    src = dng.write_dng(tmp_path / "in.dng", data, cfa=cfa, black_level=BLACK, white_level=4095,
+                        meta={"make": "Testmaker", "model": "TM-1", "iso": 800, "orientation": 6,
+                              "color_matrix": matrix, "as_shot_neutral": [0.5, 1.0, 0.8]})
+    digest = sha256_file(src)
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "out.dng", "--model", identity_pt], capsys)
+    assert rc == 0, err
+    assert sha256_file(src) == digest  # the input is never touched
+    with rawpy.imread(str(tmp_path / "out.dng")) as r:
+        np.testing.assert_array_equal(r.raw_image_visible, data)
+        desc = r.color_desc.decode()
+        assert "".join(desc[i] for i in r.raw_pattern.ravel()) == cfa
+        colors = r.raw_colors_visible
+        assert [r.black_level_per_channel[colors[y, x]] for y, x in ((0, 0), (0, 1), (1, 0), (1, 1))] == BLACK
+        assert r.white_level == 4095 and r.other.iso_speed == 800 and r.sizes.flip == 6
+        wb = r.camera_whitebalance
+        assert (wb[0] / wb[1], wb[2] / wb[1]) == pytest.approx((2.0, 1.25), rel=1e-5)
+    tifffile = pytest.importorskip("tifffile")
+    with tifffile.TiffFile(tmp_path / "out.dng") as tf:
+        tags = {t.code: t.value for t in tf.pages[0].tags}
+    assert (tags[271], tags[272]) == ("Testmaker", "TM-1")
+    cm = np.asarray(tags[50721], dtype=float).reshape(-1, 2)
+    np.testing.assert_allclose(cm[:, 0] / cm[:, 1], np.ravel(matrix), atol=1e-9)
+
+
+@pytest.mark.parametrize("cfa", PHASES)
+def test_headerless_through_cli(tmp_path, rng, identity_pt, capsys, cfa):
+    data = _frame(rng, 22, 31)
+    src = tmp_path / "dump.raw"
+    src.write_bytes(data.astype(">u2").tobytes())
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "out.npy", "--model", identity_pt,
+                       "--width", 31, "--height", 22, "--cfa", cfa, "--black", "60,62,64,66", "--white", 4095,
+                       "--byte-order", "big"], capsys)
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), data)
+    side = json.loads((tmp_path / "out.json").read_text())
+    assert side["cfa"] == cfa and side["black_level"] == BLACK and side["white_level"] == 4095
+
+
+def test_headerless_needs_its_options(tmp_path, identity_pt, capsys):
+    src = tmp_path / "dump.bin"
+    src.write_bytes(bytes(2 * 24 * 24))
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "out.dng", "--model", identity_pt], capsys)
+    _assert_one_line_error(rc, err)
+    assert "--width" in err and "--black" in err
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "out.dng", "--model", identity_pt, "--width", 25,
+                       "--height", 24, "--cfa", "RGGB", "--black", 0, "--white", 1023], capsys)
+    _assert_one_line_error(rc, err)
+    assert "need exactly" in err
+    assert not (tmp_path / "out.dng").exists()
+
+
+def test_several_inputs_to_folder(tmp_path, rng, identity_pt, capsys):
+    pytest.importorskip("rawpy")
+    frames = {}
+    for name, cfa in (("a", "RGGB"), ("b", "GBRG")):
+        frames[name] = _frame(rng, 24, 30)
+        dng.write_dng(tmp_path / f"{name}.dng", frames[name], cfa=cfa, black_level=BLACK, white_level=4095)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = _run(["denoise", tmp_path / "a.dng", tmp_path / "b.dng", "-o", out, "--model", identity_pt,
+                       "--format", "npy", "--no-progress"], capsys)
+    assert rc == 0, err
+    for name, data in frames.items():
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), data)
+    # several inputs need a folder
+    rc, _, err = _run(["denoise", tmp_path / "a.dng", tmp_path / "b.dng", "-o", tmp_path / "x.dng",
+                       "--model", identity_pt], capsys)
+    _assert_one_line_error(rc, err)
+
+
+def test_one_bad_file_among_several(tmp_path, rng, identity_pt, capsys):
+    pytest.importorskip("rawpy")
+    good = dng.write_dng(tmp_path / "good.dng", _frame(rng, 24, 24), cfa="RGGB", black_level=0, white_level=4095)
+    bad = tmp_path / "bad.nef"
+    bad.write_bytes(b"not a raw file" * 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = _run(["denoise", bad, good, "-o", out, "--model", identity_pt], capsys)
+    assert rc == 1 and "Traceback" not in err
+    assert "bad.nef" in err and "1 of 2 files failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.dng"]
+
+
+def test_refuses_non_cfa_and_truncated(tmp_path, rng, identity_pt, capsys):
+    pytest.importorskip("rawpy")
+    linear = _linear_dng(tmp_path / "linear.dng", rng)
+    good = dng.write_dng(tmp_path / "good.dng", _frame(rng, 32, 32), cfa="RGGB", black_level=0, white_level=4095)
+    cut = tmp_path / "cut.dng"
+    cut.write_bytes(good.read_bytes()[:-100])
+    for src, why in ((linear, "no CFA"), (cut, "truncated")):
+        digest = sha256_file(src)
+        rc, _, err = _run(["denoise", src, "-o", tmp_path / "out.dng", "--model", identity_pt], capsys)
+        _assert_one_line_error(rc, err)
+        assert why in err
+        assert sha256_file(src) == digest
+    # nothing left behind: no output, no temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.dng", "good.dng", "linear.dng"]
+
+
+def test_refusal_in_a_subprocess_has_no_traceback(tmp_path, rng):
+    """Whole-process stderr (LibRaw's own C messages included) is one line."""
+    pytest.importorskip("rawpy")
+    (tmp_path / "x.nef").write_bytes(b"\0" * 64)
+    good = dng.write_dng(tmp_path / "good.dng", _frame(rng, 32, 32), cfa="RGGB", black_level=0, white_level=4095)
+    cut = tmp_path / "cut.dng"
+    cut.write_bytes(good.read_bytes()[:-100])
+    for src in (tmp_path / "x.nef", cut):
+        r = subprocess.run([sys.executable, "-m", "rawdenoise", "info", str(src)], capture_output=True, text=True,
+                           cwd=ROOT)
+        assert r.returncode == 1
+        assert "Traceback" not in r.stderr
+        assert r.stderr.startswith("rawdenoise: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_no_overwrite_without_flag(tmp_path, rng, identity_pt, capsys):
+    pytest.importorskip("rawpy")
+    data = _frame(rng, 24, 24)
+    src = dng.write_dng(tmp_path / "in.dng", data, cfa="RGGB", black_level=BLACK, white_level=4095)
+    out = tmp_path / "out.dng"
+    out.write_bytes(b"precious")
+    rc, _, err = _run(["denoise", src, "-o", out, "--model", identity_pt], capsys)
+    _assert_one_line_error(rc, err)
+    assert "--overwrite" in err and out.read_bytes() == b"precious"
+    rc, _, err = _run(["denoise", src, "-o", out, "--model", identity_pt, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert out.read_bytes() != b"precious"
+    # writing over the input itself is refused even with --overwrite
+    digest = sha256_file(src)
+    rc, _, err = _run(["denoise", src, "-o", tmp_path, "--model", identity_pt, "--overwrite"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "input file itself" in err and sha256_file(src) == digest
+
+
+def test_preview(tmp_path, rng, identity_pt, capsys):
+    pytest.importorskip("rawpy")
+    Image = pytest.importorskip("PIL.Image")
+    src = dng.write_dng(tmp_path / "in.dng", _frame(rng, 40, 56), cfa="GRBG", black_level=BLACK, white_level=4095)
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "out.dng", "--model", identity_pt,
+                       "--preview", tmp_path / "p.png"], capsys)
+    assert rc == 0, err
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        pix = np.asarray(im)
+    from rawdenoise.preview import GAP
+
+    assert pix.shape == (40, 2 * 56 + GAP, 3)
+    # identity model: both halves identical, developed with the same settings
+    np.testing.assert_array_equal(pix[:, :56], pix[:, 56 + GAP:])
+    assert pix[:, :56].std() > 0
+
+
+def test_info_raw_and_model(tmp_path, rng, identity_pt, capsys):
+    np.save(tmp_path / "f.npy", _frame(rng, 10, 12))
+    (tmp_path / "f.json").write_text(json.dumps({"cfa": "BGGR", "black_level": 64, "white_level": 4095}))
+    rc, out, err = _run(["info", tmp_path / "f.npy", "--json"], capsys)
+    assert rc == 0, err
+    info = json.loads(out)
+    assert (info["height"], info["width"], info["cfa"], info["black_level"], info["white_level"]) == (
+        10, 12, "BGGR", [64] * 4, 4095)
+    rc, out, err = _run(["info", identity_pt, "--json"], capsys)
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["runtime"] == "torch" and info["spec"]["name"] == "unet" and info["spec"]["layout"] == "bayer4"
+    assert info["io"]["inputs"][0]["shape"][1] == 4
+    rc, out, err = _run(["info", identity_pt], capsys)
+    assert rc == 0 and "channel_order: RGGB" in out
+
+
+def test_model_omitted_uses_default_or_says_why(tmp_path, rng, capsys):
+    """Without --model: the shipped default model runs, or one clear line says to pass --model."""
+    src = tmp_path / "f.npy"
+    data = _frame(rng, 16, 16)
+    np.save(src, data)
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "o.npy", "--cfa", "RGGB", "--black", 60, "--white", 4095],
+                      capsys)
+    if rc == 0:
+        assert np.load(tmp_path / "o.npy").shape == data.shape
+    else:
+        _assert_one_line_error(rc, err)
+        assert "--model" in err
+        assert not (tmp_path / "o.npy").exists()
+
+
+def test_unknown_output_suffix(tmp_path, rng, identity_pt, capsys):
+    src = tmp_path / "f.npy"
+    np.save(src, _frame(rng, 8, 8))
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "o.jpg", "--model", identity_pt], capsys)
+    _assert_one_line_error(rc, err)
+
+
+def test_denoiser_run_accepts_paths_and_frames(tmp_path, rng, identity_pt):
+    from rawdenoise import Denoiser
+    from rawdenoise.rawio import read_raw
+
+    data = _frame(rng, 19, 26)
+    src = dng.write_npy(tmp_path / "f.npy", data, cfa="GRBG", black_level=BLACK, white_level=4095)
+    with Denoiser.load(identity_pt) as dn:
+        np.testing.assert_array_equal(dn.run(str(src)), data)
+        frame = read_raw(src)
+        np.testing.assert_array_equal(dn.run(frame), data)
+        np.testing.assert_array_equal(frame.data, data)
+
+
+def test_npy_input_and_its_sidecar_are_protected(tmp_path, rng, identity_pt, capsys):
+    data = _frame(rng, 12, 12)
+    src = dng.write_npy(tmp_path / "f.npy", data, cfa="RGGB", black_level=BLACK, white_level=4095)
+    hashes = {p.name: sha256_file(p) for p in tmp_path.iterdir()}
+    rc, _, err = _run(["denoise", src, "-o", tmp_path, "--format", "npy", "--model", identity_pt, "--overwrite"],
+                      capsys)
+    _assert_one_line_error(rc, err)
+    assert "input file itself" in err
+    assert {p.name: sha256_file(p) for p in tmp_path.iterdir()} == hashes

@@ -125,3 +125,17 @@ def test_bad_predictor_output_shape(rng):
 def test_compute_ratio():
     plan = plan_tiles(512, 512, tile=256, overlap=0, multiple=16)
     assert plan.n_tiles == 4 and plan.compute_ratio == 1.0
+
+
+@pytest.mark.parametrize("radius,m", [(0, 16), (8, 4), (46, 8), (94, 16), (22, 4)])
+def test_suggested_tile_bounds_the_overlap_cost(radius, m):
+    from rawdenoise.tiling import suggest_tile
+
+    t = suggest_tile(radius, m)
+    assert t % m == 0 and t >= 256
+    big = 40 * t
+    plan = plan_tiles(big, big, tile=t, overlap=radius, multiple=m)
+    assert plan.compute_ratio <= 1.25 * 1.02  # the shifted-back last tile adds a little
+    if t > 256:  # and it is the smallest such tile
+        stride = (t - m - 2 * radius) // m * m
+        assert stride < m or ((t - m) / stride) ** 2 > 1.25

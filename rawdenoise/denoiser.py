@@ -25,6 +25,19 @@ class Levels:
     iso: float | None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A frame turned into network input, with what is needed to turn the output back."""
+
+    x: np.ndarray                 # (C, h, w) float32 network input
+    shape: tuple[int, ...]        # the input frame's shape and dtype
+    dtype: np.dtype
+    levels: Levels
+    geometry: bayer.BayerGeometry | None
+    gain: float                   # network_input = normalised * gain + offset
+    offset: float
+
+
 def _frame_fields(raw) -> tuple[np.ndarray, dict[str, Any]]:
     """Split a RawFrame-like object (or a path to a RAW file) into data and metadata."""
     if isinstance(raw, (str, os.PathLike)):
@@ -173,14 +186,11 @@ class Denoiser:
                 gain, offset = ks.gain_offset(iso=levels.iso)
         return gain * s.scale, offset * s.scale + s.offset
 
-    def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
-            progress: bool = False) -> np.ndarray:
-        """Denoise one frame; returns the same shape and dtype, in sensor units.
+    def prepare(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None) -> "Prepared":
+        """The first half of `run`: validate, resolve levels, normalise, pack and scale.
 
-        `raw` is a 2-D Bayer array (H x W x 3 for RGB models), a RawFrame, or a RAW file path.
-        `noise` = (k, sigma^2): the frame's Poisson-Gaussian parameters in normalised [0, 1] units,
-        for models conditioned on the noise level (otherwise from `iso` or estimated).
-        The input is never written to.
+        Returns the network input frame and what `finish` needs to map the output back. Also used
+        by INT8 calibration, so calibration tiles are exactly what the runner sees.
         """
         data, meta = _frame_fields(raw)
         s = self.spec
@@ -189,7 +199,7 @@ class Denoiser:
         else:
             rgb.check_rgb_array(data)
         lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
-
+        geom = None
         if s.layout == "bayer4":
             geom = bayer.geometry(data.shape, lv.cfa, s.channel_order)
             x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input)
@@ -201,20 +211,40 @@ class Denoiser:
         if (gain, offset) != (1.0, 0.0):
             x *= np.float32(gain)
             x += np.float32(offset)
+        return Prepared(x, data.shape, data.dtype, lv, geom, gain, offset)
 
+    def plan(self, x: np.ndarray):
+        """The tile plan `run` uses for a network-input frame `x` (C, h, w)."""
         _, h, w = x.shape
-        plan = plan_tiles(h, w, tile=self.tile, overlap=self.overlap, multiple=s.multiple,
+        return plan_tiles(h, w, tile=self.tile, overlap=self.overlap, multiple=self.spec.multiple,
                           pad_to_tile=not self.runtime.dynamic_shapes)
-        y = run_tiled(self.runtime.infer, x, plan, batch=self.batch, out_channels=s.out_channels,
-                      blend=self.blend, progress=progress)
+
+    def finish(self, y: np.ndarray, p: "Prepared") -> np.ndarray:
+        """The second half of `run`: residual, inverse scaling, unpack, de-normalise, cast (in place on y)."""
+        s = self.spec
         if s.output == "residual":
-            y += x[: s.out_channels]
-        if (gain, offset) != (1.0, 0.0):
-            y -= np.float32(offset)
-            y *= np.float32(1.0 / gain)
+            y += p.x[: s.out_channels]
+        if (p.gain, p.offset) != (1.0, 0.0):
+            y -= np.float32(p.offset)
+            y *= np.float32(1.0 / p.gain)
+        lv = p.levels
         if s.layout == "bayer4":
-            return bayer.unpack(y, geom, lv.black, lv.white, dtype=data.dtype)
-        return rgb.from_planar(y, float(lv.black[0]), lv.white, data.dtype, s.channel_order)
+            return bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype)
+        return rgb.from_planar(y, float(lv.black[0]), lv.white, p.dtype, s.channel_order)
+
+    def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
+            progress: bool = False) -> np.ndarray:
+        """Denoise one frame; returns the same shape and dtype, in sensor units.
+
+        `raw` is a 2-D Bayer array (H x W x 3 for RGB models), a RawFrame, or a RAW file path.
+        `noise` = (k, sigma^2): the frame's Poisson-Gaussian parameters in normalised [0, 1] units,
+        for models conditioned on the noise level (otherwise from `iso` or estimated).
+        The input is never written to.
+        """
+        p = self.prepare(raw, cfa=cfa, black_level=black_level, white_level=white_level, iso=iso, noise=noise)
+        y = run_tiled(self.runtime.infer, p.x, self.plan(p.x), batch=self.batch,
+                      out_channels=self.spec.out_channels, blend=self.blend, progress=progress)
+        return self.finish(y, p)
 
     def __repr__(self) -> str:
         return f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} batch={self.batch}>"

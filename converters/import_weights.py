@@ -43,7 +43,7 @@ def _pickle_globals(data: bytes, limit: int = 200) -> set[str]:
                 mods.add(strings[-2])
             if i > limit * 100:
                 break
-    except Exception:  # a damaged stream: detection falls back to the suffix
+    except ValueError:  # unknown opcode or truncated stream: keep what was read, detection uses it
         pass
     return mods
 

@@ -184,21 +184,3 @@ def run(args) -> int:
             return 1
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from .errors import RawDenoiseError
-
-    p = argparse.ArgumentParser(prog="rawdenoise compare", description=__doc__.split("\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except RawDenoiseError as e:
-        print(f"rawdenoise compare: error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

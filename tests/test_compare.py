@@ -6,7 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from rawdenoise.compare import compare, main, seam_ratio
+from rawdenoise.cli import main as cli_main
+from rawdenoise.compare import compare, seam_ratio
+
+
+def main(argv):
+    return cli_main(["compare", *argv])
 from rawdenoise.tiling import plan_tiles
 
 BLACK, WHITE = 128, 4095

@@ -23,6 +23,7 @@ class Levels:
     black: np.ndarray
     white: float
     iso: float | None
+    iso_from_file: bool = False  # the ISO came from file metadata, not from the caller
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Denoiser:
         cfa = cfa if cfa is not None else meta.get("cfa")
         black = black_level if black_level is not None else meta.get("black_level")
         white = white_level if white_level is not None else meta.get("white_level")
+        iso_from_file = iso is None and meta.get("iso") is not None
         iso = iso if iso is not None else meta.get("iso")
         if s.layout == "bayer4":
             if cfa is None:
@@ -162,20 +164,24 @@ class Denoiser:
             iso = float(iso)
             if not np.isfinite(iso) or iso <= 0:
                 raise InputError(f"iso must be a positive number, got {iso}")
-        return Levels(cfa, black_arr, white_f, iso)
+        return Levels(cfa, black_arr, white_f, iso, iso_from_file)
 
     def _affine(self, x: np.ndarray, levels: Levels, noise) -> tuple[float, float]:
         """network_input = normalised * gain + offset (k-sigma transform and manifest scaling).
 
         The k-sigma transform needs the frame's noise: explicit `noise` (k, sigma^2 in normalised
         units) wins, then the ISO with the manifest's coefficients, else it is estimated from the
-        frame itself.
+        frame itself. A model whose manifest says `noise_source="frame"` was not fitted to the
+        camera that wrote the file, so a file's ISO is not used for it (only an explicit one).
         """
         s = self.spec
         gain, offset = 1.0, 0.0
         ks = s.ksigma
         if ks is not None:
-            if noise is None and levels.iso is None:
+            iso = levels.iso
+            if s.noise_source == "frame" and levels.iso_from_file:
+                iso = None
+            if noise is None and iso is None:
                 from .noise import estimate_noise
 
                 noise = estimate_noise(x)
@@ -183,7 +189,7 @@ class Denoiser:
                 k, s2 = (float(v) for v in noise)
                 gain, offset = ks.gain_offset(k=k * ks.v, sigma=s2 * ks.v ** 2)
             else:
-                gain, offset = ks.gain_offset(iso=levels.iso)
+                gain, offset = ks.gain_offset(iso=iso)
         return gain * s.scale, offset * s.scale + s.offset
 
     def prepare(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None) -> "Prepared":

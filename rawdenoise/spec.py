@@ -24,6 +24,7 @@ METADATA_KEY = "rawdenoise.spec"
 LAYOUTS = ("bayer4", "rgb")
 BAYER_ORDERS = ("RGGB", "BGGR", "GRBG", "GBRG")
 OUTPUTS = ("image", "residual")
+NOISE_SOURCES = ("iso", "frame")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -95,6 +96,11 @@ class ModelSpec:
     offset: float = 0.0
     clip_input: bool = False
     ksigma: KSigma | None = None
+    # where a k-sigma model gets the frame's noise level when no `noise=` is given:
+    # "iso": the ISO (argument or file metadata) with the manifest's coefficients, fitted for one
+    # camera; "frame": estimated from the frame itself (models meant for any camera), an ISO
+    # counts only when the caller passes it explicitly
+    noise_source: str = "iso"
     output: str = "image"
     multiple: int = 16
     receptive_radius: int = 0
@@ -114,6 +120,8 @@ class ModelSpec:
             )
         if self.layout == "rgb" and self.channel_order not in ("RGB", "BGR"):
             raise InputError(f"channel_order {self.channel_order!r} is not an RGB order; use RGB or BGR")
+        if self.noise_source not in NOISE_SOURCES:
+            raise InputError(f"noise_source {self.noise_source!r} is not one of {', '.join(NOISE_SOURCES)}")
         if self.output not in OUTPUTS:
             raise InputError(f"output {self.output!r} is not one of {', '.join(OUTPUTS)}")
         if self.precision not in PRECISIONS:

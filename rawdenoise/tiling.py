@@ -50,6 +50,8 @@ def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bo
             f"tile {tile} is too small for overlap {overlap}: a tile must be at least "
             f"2 x overlap + {multiple} = {2 * overlap + multiple}; use a larger tile or tile=0 (no tiling)"
         )
+    if not pad_to_tile:
+        tile, stride = _balance(padded, tile, stride, overlap, multiple)
     origins = list(range(0, padded - tile, stride)) + [padded - tile]
     # each pixel belongs to the tile whose nearest cut edge is farthest: split overlaps in the middle
     bounds = [0] + [(a + tile + b) // 2 for a, b in zip(origins[:-1], origins[1:])] + [padded]
@@ -60,6 +62,21 @@ def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bo
             kept_origins.append(o)
             keep.append((a, b))
     return AxisPlan(size, padded, tile, tuple(kept_origins), tuple(keep))
+
+
+def _balance(padded: int, tile: int, stride: int, overlap: int, multiple: int) -> tuple[int, int]:
+    """The smallest tile that covers the axis with as many tiles as `tile` needs.
+
+    Shifting the last tile back inside the frame can waste most of a tile; spreading the same
+    number of tiles evenly shrinks them instead (a dynamic-shape runner takes any tile size).
+    """
+    n = -(-(padded - tile) // stride) + 1
+    t = round_up(-(-(padded + (n - 1) * 2 * overlap) // n), multiple)
+    while True:
+        s = (t - 2 * overlap) // multiple * multiple
+        if s >= multiple and (n - 1) * s + t >= padded:
+            return t, s
+        t += multiple
 
 
 def suggest_tile(radius: int, multiple: int, max_ratio: float = 1.25, minimum: int = 256) -> int:

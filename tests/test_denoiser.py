@@ -214,3 +214,38 @@ def test_rgb_layout_runs_hwc_frames(rng):
     np.testing.assert_array_equal(Denoiser.from_module(m, spec).run(img), img)
     with pytest.raises(InputError, match="H x W x 3"):
         Denoiser.from_module(m, spec).run(img[..., 0])
+
+
+def test_blind_models_ignore_file_iso_but_take_an_explicit_one(rng):
+    """noise_source="frame": a file's ISO belongs to another camera's profile; estimate instead."""
+    from types import SimpleNamespace
+
+    from rawdenoise import bayer
+    from rawdenoise.noise import estimate_noise
+
+    m = zoo.create("unet", width=4, depth=1)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return m(x)
+
+    ks = KSigma(k_coeffs=(0.01, 0.0), sigma_coeffs=(3e-4, 0.0, 9.0), anchor_iso=12800, v=15871)
+    base = zoo.default_spec("unet", width=4, depth=1).replace(receptive_radius=8, ksigma=ks, scale=32.0)
+    clean = rng.uniform(0.1, 0.6, size=(256, 256))
+    raw = np.clip(clean + rng.normal(0, 0.02, clean.shape), 0, 1).astype(np.float32)
+    frame = SimpleNamespace(data=raw, cfa="RGGB", black_level=(0, 0, 0, 0), white_level=1.0, meta={"iso": 100})
+    x = bayer.pack(raw, bayer.geometry(raw.shape, "RGGB", "RGGB"), np.zeros(4), 1.0)
+
+    def net_input(spec, *args, **kw):
+        seen.clear()
+        Denoiser.from_module(Spy(), spec, tile=0).run(*args, **kw)
+        return seen[0]
+
+    blind = base.replace(noise_source="frame")
+    estimated = net_input(blind, raw, cfa="RGGB", noise=estimate_noise(x))
+    assert torch.equal(net_input(blind, frame), estimated)
+    assert not torch.equal(net_input(blind, frame, iso=100), estimated)
+    # a camera-specific model uses the file's ISO
+    assert torch.equal(net_input(base, frame), net_input(base, raw, cfa="RGGB", iso=100))

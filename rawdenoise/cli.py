@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, help="tiles per inference call")
     d.add_argument("--preview", type=Path, metavar="P",
                    help="write a before/after PNG (a folder when denoising several files)")
+    d.add_argument("--profile", type=Path, metavar="JSON",
+                   help="noise profile of the camera (python -m tools.noise_profile): the frame's noise comes "
+                        "from it at the file's ISO (or --iso) instead of being estimated from the frame")
     d.add_argument("--overwrite", action="store_true", help="replace existing output files")
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
@@ -197,6 +200,7 @@ def cmd_denoise(args) -> int:
     plan = _plan_outputs(args)
     if args.model is not None and not Path(args.model).is_file():
         raise InputError(f"model file {args.model} does not exist")
+    profile = _load_profile(args.profile)
     failures = 0
     with _load_denoiser(args) as dn:
         bar = tqdm(plan, desc="denoise", unit="file", disable=None if args.progress is None else not args.progress,
@@ -205,7 +209,7 @@ def cmd_denoise(args) -> int:
             bar.set_postfix_str(src.name)
             try:
                 frame = _read(src, args)
-                clean = dn.run(frame)
+                clean = dn.run(frame, noise=_profile_noise(profile, frame))
                 write_output(dst, clean, like=frame, overwrite=args.overwrite)
                 if prev is not None:
                     from .preview import write_preview
@@ -221,6 +225,25 @@ def cmd_denoise(args) -> int:
         print(f"rawdenoise: error: {failures} of {len(plan)} files failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _load_profile(path: Path | None):
+    if path is None:
+        return None
+    from tools.profile import NoiseProfile
+
+    return NoiseProfile.load(path)
+
+
+def _profile_noise(profile, frame):
+    """(k, sigma^2) of the frame in normalised units from a camera noise profile at its ISO."""
+    if profile is None:
+        return None
+    iso = frame.meta.get("iso")
+    if iso is None:
+        raise InputError(f"--profile needs the frame's ISO, and {frame.meta.get('source', 'the file')} has none; "
+                         f"pass --iso N")
+    return profile.normalised(float(iso))
 
 
 # ---- info -----------------------------------------------------------------------------------------------

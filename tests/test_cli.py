@@ -238,19 +238,39 @@ def test_info_raw_and_model(tmp_path, rng, identity_pt, capsys):
     assert rc == 0 and "channel_order: RGGB" in out
 
 
-def test_model_omitted_uses_default_or_says_why(tmp_path, rng, capsys):
-    """Without --model: the shipped default model runs, or one clear line says to pass --model."""
+def test_model_omitted_uses_the_default_model(tmp_path, rng, capsys):
+    """Without --model the shipped default model runs (blind noise estimate: no ISO in the file)."""
+    from rawdenoise import Denoiser
+
     src = tmp_path / "f.npy"
-    data = _frame(rng, 16, 16)
+    data = _frame(rng, 128, 160)
     np.save(src, data)
     rc, _, err = _run(["denoise", src, "-o", tmp_path / "o.npy", "--cfa", "RGGB", "--black", 60, "--white", 4095],
                       capsys)
-    if rc == 0:
-        assert np.load(tmp_path / "o.npy").shape == data.shape
-    else:
-        _assert_one_line_error(rc, err)
-        assert "--model" in err
-        assert not (tmp_path / "o.npy").exists()
+    assert rc == 0, err
+    want = Denoiser.load("default").run(data, cfa="RGGB", black_level=60, white_level=4095)
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), want)
+
+
+def test_profile_gives_the_noise_at_the_file_iso(tmp_path, rng, capsys):
+    """--profile: the frame's noise comes from the camera profile at its ISO, not from the frame."""
+    pytest.importorskip("onnxruntime")
+    from rawdenoise import Denoiser
+    from tools.profile import default_profile
+
+    profile = default_profile()
+    ppath = profile.save(tmp_path / "cam.json")
+    src = tmp_path / "f.npy"
+    data = _frame(rng, 128, 160)
+    np.save(src, data)
+    base = ["denoise", src, "--cfa", "RGGB", "--black", 60, "--white", 4095, "--profile", ppath]
+    rc, _, err = _run(base + ["-o", tmp_path / "noiso.npy"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "--iso" in err
+    assert _run(base + ["-o", tmp_path / "o.npy", "--iso", 1600], capsys)[0] == 0
+    want = Denoiser.load("default").run(data, cfa="RGGB", black_level=60, white_level=4095,
+                                        noise=profile.normalised(1600))
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), want)
 
 
 def test_unknown_output_suffix(tmp_path, rng, identity_pt, capsys):

@@ -148,11 +148,12 @@ def _extend(raw: np.ndarray, g: BayerGeometry) -> np.ndarray:
 
 
 def pack(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
-         out: np.ndarray | None = None, clip: bool = False) -> np.ndarray:
+         out: np.ndarray | None = None, clip: bool = False, gain: float = 1.0, offset: float = 0.0) -> np.ndarray:
     """Normalise (x - black_c) / (white - black_c) and pack to float32 (4, H/2, W/2).
 
     `black` is per site of the frame's CFA; channels come out in the model's order. The input
     is never written to. Values are not clipped unless `clip` (clipping biases dark means).
+    The network's input scaling `* gain + offset` is folded into the same pass.
     """
     ext = _extend(raw, g)
     h2, w2 = g.packed_shape
@@ -163,15 +164,22 @@ def pack(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
         b = black[g.frame_site(ch)]
         dst = out[ch]
         np.subtract(ext[r::2, c::2], np.float32(b), out=dst, dtype=np.float32, casting="unsafe")
-        dst *= np.float32(1.0 / (white - b))
         if clip:
+            dst *= np.float32(1.0 / (white - b))
             np.clip(dst, 0.0, 1.0, out=dst)
+            scale = gain
+        else:
+            scale = gain / (white - b)
+        if scale != 1.0:
+            dst *= np.float32(scale)
+        if offset != 0.0:
+            dst += np.float32(offset)
     return out
 
 
 def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
-           dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of `pack`: de-normalise, crop the extension, and cast to `dtype`.
+           dtype=np.float32, out: np.ndarray | None = None, gain: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """Inverse of `pack`: undo the scaling, de-normalise, crop the extension, cast to `dtype`.
 
     Integer outputs are rounded and clipped to [0, white]; float outputs are returned unclipped.
     """
@@ -188,12 +196,12 @@ def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float
         rows = range(r0 + 2 * i0, g.height, 2)
         cols = range(c0 + 2 * j0, g.width, 2)
         src = packed[ch, i0:i0 + len(rows), j0:j0 + len(cols)]
-        val = src.astype(np.float64 if dtype == np.float64 else np.float32, copy=True)
-        val *= white - b
-        val += b
+        # (y - offset) / gain * (white - b) + b in one multiply-add
+        scale = (white - b) / gain
+        val = np.multiply(src, scale, dtype=np.float64 if dtype == np.float64 else np.float32)
+        val += b - offset * scale
         if integer:
             np.rint(val, out=val)
             np.clip(val, 0, white, out=val)
         out[rows.start::2, cols.start::2] = val
     return out
-

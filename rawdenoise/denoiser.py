@@ -166,7 +166,13 @@ class Denoiser:
                 raise InputError(f"iso must be a positive number, got {iso}")
         return Levels(cfa, black_arr, white_f, iso, iso_from_file)
 
-    def _affine(self, x: np.ndarray, levels: Levels, noise) -> tuple[float, float]:
+    def _iso(self, levels: Levels) -> float | None:
+        """The ISO the k-sigma transform may use (a blind model ignores ISOs read from files)."""
+        if self.spec.noise_source == "frame" and levels.iso_from_file:
+            return None
+        return levels.iso
+
+    def _affine(self, x: np.ndarray | None, levels: Levels, noise) -> tuple[float, float]:
         """network_input = normalised * gain + offset (k-sigma transform and manifest scaling).
 
         The k-sigma transform needs the frame's noise: explicit `noise` (k, sigma^2 in normalised
@@ -178,9 +184,7 @@ class Denoiser:
         gain, offset = 1.0, 0.0
         ks = s.ksigma
         if ks is not None:
-            iso = levels.iso
-            if s.noise_source == "frame" and levels.iso_from_file:
-                iso = None
+            iso = self._iso(levels)
             if noise is None and iso is None:
                 from .noise import estimate_noise
 
@@ -206,15 +210,20 @@ class Denoiser:
             rgb.check_rgb_array(data)
         lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
         geom = None
+        # the k-sigma transform may need the normalised frame itself (blind noise estimate);
+        # otherwise the input scaling is folded into the packing pass
+        needs_frame = s.ksigma is not None and noise is None and self._iso(lv) is None
+        gain, offset = (1.0, 0.0) if needs_frame else self._affine(None, lv, noise)
         if s.layout == "bayer4":
             geom = bayer.geometry(data.shape, lv.cfa, s.channel_order)
-            x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input)
+            x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input, gain=gain, offset=offset)
         else:
             x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
             if s.clip_input:
                 np.clip(x, 0.0, 1.0, out=x)
-        gain, offset = self._affine(x, lv, noise)
-        if (gain, offset) != (1.0, 0.0):
+        if needs_frame:
+            gain, offset = self._affine(x, lv, noise)
+        if (needs_frame or s.layout != "bayer4") and (gain, offset) != (1.0, 0.0):
             x *= np.float32(gain)
             x += np.float32(offset)
         return Prepared(x, data.shape, data.dtype, lv, geom, gain, offset)
@@ -230,12 +239,12 @@ class Denoiser:
         s = self.spec
         if s.output == "residual":
             y += p.x[: s.out_channels]
+        lv = p.levels
+        if s.layout == "bayer4":
+            return bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype, gain=p.gain, offset=p.offset)
         if (p.gain, p.offset) != (1.0, 0.0):
             y -= np.float32(p.offset)
             y *= np.float32(1.0 / p.gain)
-        lv = p.levels
-        if s.layout == "bayer4":
-            return bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype)
         return rgb.from_planar(y, float(lv.black[0]), lv.white, p.dtype, s.channel_order)
 
     def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,

@@ -1,0 +1,55 @@
+"""Deterministic synthetic Bayer frames and the models the benchmarks run."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+SIZES_MP = {"2MP": (1224, 1632), "12MP": (3000, 4000), "50MP": (6144, 8192)}
+LEVELS = dict(cfa="RGGB", black_level=[512, 512, 512, 512], white_level=16383)
+
+
+@functools.lru_cache(maxsize=3)
+def frame(size: str) -> np.ndarray:
+    """A noisy uint16 14-bit frame with smooth structure (values matter only for INT8 accuracy)."""
+    h, w = SIZES_MP[size]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    scene = 0.25 + 0.2 * np.sin(xx / 97.0) * np.cos(yy / 71.0)
+    noisy = scene * 15000 + rng.normal(0, 120, size=(h, w)).astype(np.float32) + 512
+    out = np.clip(noisy, 0, 16383).astype(np.uint16)
+    out.flags.writeable = False
+    return out
+
+
+def model_paths(workdir: Path) -> dict[str, Path]:
+    """The default model's .pt and .onnx when shipped, else a UNet of the same size class."""
+    try:
+        from rawdenoise.models import default_model_path
+
+        return {"pt": default_model_path("torch"), "onnx": default_model_path("onnxruntime")}
+    except Exception:
+        pass
+    import torch
+
+    from converters.torch2onnx import export
+    from rawdenoise import zoo
+
+    pt, onnx = workdir / "bench_unet.pt", workdir / "bench_unet.onnx"
+    if not pt.exists():
+        torch.manual_seed(0)
+        zoo.save(zoo.create("unet", width=16, depth=3), pt)
+        export(pt, onnx)
+    return {"pt": pt, "onnx": onnx}
+
+
+def quantized(onnx_path: Path) -> Path:
+    """INT8 (QDQ) copy of an ONNX model, calibrated on tiles of a synthetic 2 MP frame."""
+    from converters.quantize import quantize
+
+    dst = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    if not dst.exists():
+        quantize(onnx_path, dst, [frame("2MP")], levels=LEVELS, samples=32, holdout=4)
+    return dst

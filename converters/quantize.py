@@ -98,6 +98,32 @@ def _calibration_ranges(q, model_path: Path, reader, method: str, tmpdir: Path, 
     save_tensors_data(calibrator.compute_data(), cache)
 
 
+def residual_path(model) -> list[str]:
+    """Nodes that carry the network input straight to the output (a global residual).
+
+    A denoiser's output is its input plus a small correction: quantizing the sum would round a
+    14-bit frame to 8 bits. Those nodes stay in float (ORT still feeds them the dequantized
+    input it shares with the first convolution; feeding them the float input measured worse,
+    since the correction was computed from the quantized copy).
+    """
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    keep = []
+    for out in graph.output:
+        node = producers.get(out.name)
+        if node is None or node.op_type not in ("Add", "Sub"):
+            continue
+        keep.append(node.name)
+        for name in node.input:
+            # the input itself, or a Slice/Identity/Cast of it
+            src = producers.get(name)
+            while src is not None and src.op_type in ("Slice", "Identity", "Cast", "Gather"):
+                keep.append(src.name)
+                name = src.input[0]
+                src = producers.get(name)
+    return keep
+
+
 def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "entropy", samples: int = 64,
              holdout: int = 8, tile=None, levels: dict | None = None, progress: bool = False,
              overwrite: bool = True, quantize_bias: bool = True) -> QuantReport:
@@ -143,6 +169,7 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
         qout = tmp / "q.onnx"
         try:
             q.quantize_static(str(pre), str(qout), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              nodes_to_exclude=residual_path(onnx.load(str(pre))),
                               activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                               calibrate_method=cm,
                               extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,

@@ -130,3 +130,17 @@ def test_entropy_differs_from_minmax_with_more_bins(int8_model, tiny_unet_onnx, 
     a, b = act_scales(int8_model[0]), act_scales(ent)
     common = set(a) & set(b)
     assert common and any(not math.isclose(a[k], b[k], rel_tol=1e-3) for k in common)
+
+
+def test_global_residual_sum_stays_in_float(int8_model):
+    """The output is input + correction: the sum is not rounded to 8 bits before it leaves."""
+    import onnx as onnx_mod
+
+    from converters.quantize import residual_path
+
+    path, _ = int8_model
+    m = onnx.load(str(path))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    last = producers[m.graph.output[0].name]
+    assert last.op_type == "Add"  # not DequantizeLinear: the sum is float
+    assert last.name in residual_path(onnx_mod.load(str(path)))

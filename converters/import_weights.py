@@ -23,7 +23,7 @@ import numpy as np
 from rawdenoise.errors import ConversionError, InputError, ModelFileError
 from rawdenoise.spec import ModelSpec
 
-from ._cli import run_cli
+from rawdenoise.errors import run_cli
 from .tfweights import HDF5_MAGIC, checkpoint_prefix
 
 FRAMEWORKS = ("torch", "paddle", "tf")

@@ -27,7 +27,7 @@ from rawdenoise.fileio import atomic_output, sha256_file
 from rawdenoise.spec import METADATA_KEY, ModelSpec
 
 from . import trt_build as tb
-from ._cli import run_cli
+from rawdenoise.errors import run_cli
 
 DEFAULT_WORKSPACE_MIB = 2048
 

@@ -28,7 +28,7 @@ from rawdenoise.errors import ConversionError, InputError, missing
 from rawdenoise.fileio import atomic_output
 from rawdenoise.spec import METADATA_KEY
 
-from ._cli import run_cli
+from rawdenoise.errors import run_cli
 
 METHODS = ("minmax", "entropy", "percentile")
 # the default 128 histogram bins make entropy calibration pick the same ranges as min/max

@@ -19,7 +19,7 @@ from rawdenoise.errors import ConversionError, InputError, missing
 from rawdenoise.fileio import atomic_output, sha256_file
 from rawdenoise.spec import METADATA_KEY, ModelSpec
 
-from ._cli import run_cli
+from rawdenoise.errors import run_cli
 
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4

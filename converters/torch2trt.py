@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from . import trt_build as tb
-from ._cli import run_cli
+from rawdenoise.errors import run_cli
 from .onnx2trt import BuildOptions, BuildResult, add_build_arguments, build_engine, options_from_args, report
 
 

@@ -93,22 +93,3 @@ def run(args) -> int:
     print("next: rawdenoise denoise YOUR_FILE.dng (or .CR3, .NEF, .ARW, ...)")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo directly (`python -m rawdenoise.demo`); the CLI delegates to add_arguments/run."""
-    import sys
-
-    from .errors import RawDenoiseError
-
-    p = argparse.ArgumentParser(prog="rawdenoise demo", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except RawDenoiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

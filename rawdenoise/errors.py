@@ -40,3 +40,17 @@ def missing(package: str, extra: str, purpose: str) -> MissingDependencyError:
         f"{purpose} needs the Python package '{package}', which is not installed; "
         f"install it with: pip install 'rawdenoise[{extra}]'"
     )
+
+
+def run_cli(body, prog: str) -> int:
+    """Run a command-line body; a RawDenoiseError prints one line on stderr and returns 1."""
+    import sys
+
+    try:
+        return body()
+    except RawDenoiseError as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -36,3 +36,21 @@ def tiny_unet_onnx(tiny_unet_pt, tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def linear_dng(rng):
+    """Writes a demosaiced (LinearRaw, 3 samples per pixel) DNG: a RAW file with no CFA."""
+    from rawdenoise import dng
+
+    def write(path):
+        data = rng.integers(0, 4096, (24, 32, 3)).astype("<u2")
+        tags = dng.dng_tags(24, 32, "RGGB", [0] * 4, 4095, {})
+        for t in (33421, 33422, 50710, 50711, 50713):  # the CFA and level tags
+            tags.pop(t)
+        tags.update({262: (dng.SHORT, dng.PHOTOMETRIC_LINEAR_RAW), 277: (dng.SHORT, 3),
+                     258: (dng.SHORT, (16, 16, 16)), 50714: (dng.LONG, 0)})
+        dng.write_tiff_file(path, tags, data.tobytes())
+        return path
+
+    return write

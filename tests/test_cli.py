@@ -46,18 +46,6 @@ def _run(argv, capsys):
     return rc, out, err
 
 
-def _linear_dng(path, rng):
-    """A demosaiced (LinearRaw, 3 samples per pixel) DNG: a RAW file with no CFA."""
-    data = rng.integers(0, 4096, (24, 32, 3)).astype("<u2")
-    tags = dng.dng_tags(24, 32, "RGGB", [0] * 4, 4095, {})
-    for t in (33421, 33422, 50710, 50711, 50713):
-        tags.pop(t)
-    tags.update({262: (dng.SHORT, dng.PHOTOMETRIC_LINEAR_RAW), 277: (dng.SHORT, 3),
-                 258: (dng.SHORT, (16, 16, 16)), 50714: (dng.LONG, 0)})
-    dng.write_tiff_file(path, tags, data.tobytes())
-    return path
-
-
 def _assert_one_line_error(rc, err):
     assert rc == 1
     assert "Traceback" not in err
@@ -153,9 +141,9 @@ def test_one_bad_file_among_several(tmp_path, rng, identity_pt, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["good.dng"]
 
 
-def test_refuses_non_cfa_and_truncated(tmp_path, rng, identity_pt, capsys):
+def test_refuses_non_cfa_and_truncated(tmp_path, rng, identity_pt, capsys, linear_dng):
     pytest.importorskip("rawpy")
-    linear = _linear_dng(tmp_path / "linear.dng", rng)
+    linear = linear_dng(tmp_path / "linear.dng")
     good = dng.write_dng(tmp_path / "good.dng", _frame(rng, 32, 32), cfa="RGGB", black_level=0, white_level=4095)
     cut = tmp_path / "cut.dng"
     cut.write_bytes(good.read_bytes()[:-100])

@@ -111,9 +111,9 @@ def test_blind_estimate_within_15_percent_on_the_default_profile(iso):
 
 def test_demo_writes_its_files(tmp_path, capsys):
     pytest.importorskip("PIL")
-    from rawdenoise import demo
+    from rawdenoise.cli import main
 
-    rc = demo.main(["-o", str(tmp_path), "--size", "128", "192"])
+    rc = main(["demo", "-o", str(tmp_path), "--size", "128", "192"])
     assert rc == 0
     for name in ("noisy.dng", "denoised.dng", "side_by_side.png"):
         assert (tmp_path / name).stat().st_size > 1000

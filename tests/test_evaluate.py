@@ -108,4 +108,4 @@ def test_evaluate_rows_and_cli(ksigma_model, tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "missing.pt"), "--iso", "800"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "Traceback" not in err
+    assert err.startswith("evaluate: error:") and err.count("\n") == 1 and "Traceback" not in err

@@ -150,18 +150,6 @@ def test_dng_through_rawpy(tmp_path, rng, cfa):
     assert read_raw(p, iso=3200, white_level=4000).meta["iso"] == 3200
 
 
-def _linear_dng(path, rng):
-    """A demosaiced (LinearRaw, 3 samples per pixel) DNG: no CFA to denoise."""
-    data = rng.integers(0, 4096, (24, 32, 3)).astype("<u2")
-    tags = dng.dng_tags(24, 32, "RGGB", [0] * 4, 4095, {})
-    for t in (33421, 33422, 50710, 50711, 50713):
-        tags.pop(t)
-    tags.update({262: (dng.SHORT, dng.PHOTOMETRIC_LINEAR_RAW), 277: (dng.SHORT, 3),
-                 258: (dng.SHORT, (16, 16, 16)), 50714: (dng.LONG, 0)})
-    dng.write_tiff_file(path, tags, data.tobytes())
-    return path
-
-
 def _xtrans_dng(path):
     pattern = [1, 1, 0, 1, 1, 2, 1, 1, 2, 1, 1, 0, 2, 0, 1, 0, 2, 1,
                1, 1, 2, 1, 1, 0, 1, 1, 0, 1, 1, 2, 0, 2, 1, 2, 0, 1]
@@ -172,10 +160,10 @@ def _xtrans_dng(path):
     return path
 
 
-def test_refusals(tmp_path, rng):
+def test_refusals(tmp_path, rng, linear_dng):
     pytest.importorskip("rawpy")
     with pytest.raises(RawFileError, match="no CFA mosaic"):
-        read_raw(_linear_dng(tmp_path / "linear.dng", rng))
+        read_raw(linear_dng(tmp_path / "linear.dng"))
     with pytest.raises(RawFileError, match="X-Trans 6x6"):
         read_raw(_xtrans_dng(tmp_path / "xtrans.dng"))
     good = dng.write_dng(tmp_path / "good.dng", rng.integers(0, 4096, (32, 32)).astype(np.uint16),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rawdenoise.errors import RawDenoiseError
+from rawdenoise.errors import run_cli
 
 from .profile import NoiseProfile, default_profile
 from .synth import add_sensor_noise, test_scenes, to_dn
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the sample photographs (dead-leaves scenes only)")
     ap.add_argument("--csv", help="write the rows to this CSV file")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> int:
         profile = NoiseProfile.load(args.profile) if args.profile else None
         rows = evaluate(args.model, isos=args.iso, profile=profile, blind=args.blind, runtime=args.runtime,
                         baseline=args.baseline, n_scenes=args.scenes, size=args.size,
@@ -218,10 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             w.writerows(rows)
             with atomic_output(Path(args.csv)) as tmp:
                 tmp.write_text(buf.getvalue())
-    except RawDenoiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli(body, "evaluate")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rawdenoise.errors import InputError, RawDenoiseError
+from rawdenoise.errors import InputError, run_cli
 from rawdenoise.noise import block_statistics, fit_variance
 
 from .profile import NoiseProfile
@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", help="folder for mean-variance and k/sigma-vs-ISO plots (PNG)")
     ap.add_argument("--name", default="profile", help="a name for the profile (e.g. the camera model)")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> int:
         profile, fits = calibrate(args.black, args.gray, args.roi, args.name)
         profile.save(args.output)
         for f in fits:
@@ -278,10 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.plots:
             for p in plot(fits, profile, args.plots):
                 print(f"wrote {p}")
-    except RawDenoiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli(body, "noise_profile")
 
 
 if __name__ == "__main__":

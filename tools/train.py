@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rawdenoise.errors import InputError, RawDenoiseError
+from rawdenoise.errors import InputError, run_cli
 from rawdenoise.fileio import atomic_output
 from rawdenoise.tiling import suggest_tile
 
@@ -285,17 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="continue from RUN_DIR/checkpoint.pt when present (default: yes)")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> int:
         cfg = TrainConfig.load(args.config)
         if args.steps:
             cfg.steps = args.steps
-        trainer = Trainer(cfg, args.output, device=args.device)
-        path = trainer.run(resume=args.resume)
-    except RawDenoiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
+        path = Trainer(cfg, args.output, device=args.device).run(resume=args.resume)
+        print(f"wrote {path}")
+        return 0
+
+    return run_cli(body, "train")
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ def _has(mod):
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    return model_paths(tmp_path_factory.mktemp("bench_models"))
+    workdir = tmp_path_factory.mktemp("bench_models")
+    return {**model_paths(workdir), "workdir": workdir}
 
 
 def int8_model(models) -> "Path":
     """The FP32 ONNX model quantised (QDQ, QInt8) on calibration tiles of a 2 MP frame."""
     if "int8" not in models:
-        models["int8"] = quantized(models["onnx"])
+        models["int8"] = quantized(models["onnx"], models["workdir"])
     return models["int8"]
 
 

@@ -45,11 +45,11 @@ def model_paths(workdir: Path) -> dict[str, Path]:
     return {"pt": pt, "onnx": onnx}
 
 
-def quantized(onnx_path: Path) -> Path:
-    """INT8 (QDQ) copy of an ONNX model, calibrated on tiles of a synthetic 2 MP frame."""
+def quantized(onnx_path: Path, workdir: Path) -> Path:
+    """INT8 (QDQ) copy of an ONNX model in `workdir`, calibrated on tiles of a synthetic 2 MP frame."""
     from converters.quantize import quantize
 
-    dst = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    dst = workdir / (onnx_path.stem + ".int8.onnx")
     if not dst.exists():
         quantize(onnx_path, dst, [frame("2MP")], levels=LEVELS, samples=32, holdout=4)
     return dst

@@ -140,8 +140,6 @@ def test_manifests_record_preprocessing():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["pmrid", "n2n", "n2n_paddle"])
 def test_manifest_receptive_radius_is_measured(arch):
-    if arch == "pmrid":
-        pytest.skip("PMRID's radius (483) needs a 2048-pixel probe; measured once, see rawdenoise/zoo/pmrid.py")
     m = zoo.create(arch)
     spec = zoo.default_spec(arch)
     assert zoo.measure_receptive_radius(m, spec.replace(receptive_radius=0)) == spec.receptive_radius

@@ -24,7 +24,7 @@ from rawdenoise.errors import ConversionError, InputError, ModelFileError
 from rawdenoise.spec import ModelSpec
 
 from rawdenoise.errors import run_cli
-from .tfweights import HDF5_MAGIC, checkpoint_prefix
+from .tfweights import HDF5_MAGIC, checkpoint_prefix, file_head
 
 FRAMEWORKS = ("torch", "paddle", "tf")
 
@@ -52,11 +52,7 @@ def detect_framework(path) -> str:
     """'torch', 'paddle' or 'tf' from the file's content (suffix only as a tie-breaker)."""
     if checkpoint_prefix(path) is not None:
         return "tf"
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"weight file {p} does not exist (nor {p}.index for a TF checkpoint prefix)")
-    with open(p, "rb") as f:
-        head = f.read(8)
+    p, head = file_head(path)
     if head == HDF5_MAGIC:
         return "tf"
     if zipfile.is_zipfile(p):

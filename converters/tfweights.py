@@ -142,15 +142,20 @@ def read_dnnlib_pickle(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
 
 
 # ---- detection --------------------------------------------------------------------------------
+def file_head(path) -> tuple[Path, bytes]:
+    """The weight file and its first 8 bytes; a missing file (that is no checkpoint prefix either) is an error."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"weight file {path} does not exist (nor {path}.index for a TF checkpoint prefix)")
+    with open(p, "rb") as f:
+        return p, f.read(8)
+
+
 def tf_format(path) -> str:
     """'checkpoint', 'h5' or 'dnnlib' for a TF-origin weight file, else ModelFileError."""
     if checkpoint_prefix(path) is not None:
         return "checkpoint"
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{path} does not exist (nor {path}.index for a TF checkpoint prefix)")
-    with open(p, "rb") as f:
-        head = f.read(8)
+    p, head = file_head(path)
     if head == HDF5_MAGIC or (zipfile.is_zipfile(p) and p.suffix == ".keras"):
         return "h5"
     if head[:1] == b"\x80":

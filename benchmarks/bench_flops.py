@@ -12,8 +12,8 @@ from benchmarks.frames import model_paths
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return model_paths(tmp_path_factory.mktemp("flops_models"))
+def paths():
+    return model_paths()
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])

@@ -39,7 +39,7 @@ print(json.dumps({"peak_rss_mb": peak, "rss_before_mb": base, "numpy_peak_mb": p
 @pytest.mark.parametrize("model", ["onnx", "pt"])
 def test_peak_memory_50mp(benchmark, model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mem_models")
-    path = model_paths(workdir)[model]
+    path = model_paths()[model]
     raw_path = workdir / "frame50.npy"
     if not raw_path.exists():
         np.save(raw_path, frame("50MP"))

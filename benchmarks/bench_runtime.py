@@ -25,7 +25,7 @@ def _has(mod):
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bench_models")
-    return {**model_paths(workdir), "workdir": workdir}
+    return {**model_paths(), "workdir": workdir}
 
 
 def int8_model(models) -> "Path":

@@ -24,25 +24,11 @@ def frame(size: str) -> np.ndarray:
     return out
 
 
-def model_paths(workdir: Path) -> dict[str, Path]:
-    """The default model's .pt and .onnx when shipped, else a UNet of the same size class."""
-    try:
-        from rawdenoise.models import default_model_path
+def model_paths() -> dict[str, Path]:
+    """The shipped default model's .pt and .onnx files: the model users get."""
+    from rawdenoise.models import default_model_path
 
-        return {"pt": default_model_path("torch"), "onnx": default_model_path("onnxruntime")}
-    except Exception:
-        pass
-    import torch
-
-    from converters.torch2onnx import export
-    from rawdenoise import zoo
-
-    pt, onnx = workdir / "bench_unet.pt", workdir / "bench_unet.onnx"
-    if not pt.exists():
-        torch.manual_seed(0)
-        zoo.save(zoo.create("unet", width=16, depth=3), pt)
-        export(pt, onnx)
-    return {"pt": pt, "onnx": onnx}
+    return {"pt": default_model_path("torch"), "onnx": default_model_path("onnxruntime")}
 
 
 def quantized(onnx_path: Path, workdir: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,31 +89,37 @@ def _psnr(diff: np.ndarray, peak: float) -> float:
 def compare(models: Sequence[str], raw, *, tile: int | None = None, iso: float | None = None,
             runtime: str | None = None, device: str | None = None, levels: dict | None = None,
             repeat: int = 1) -> list[Row]:
-    """Run every model on `raw` (path or RawFrame) and measure against the first."""
-    from .denoiser import Denoiser, _frame_fields
+    """Run every model on `raw` (path or RawFrame) and measure against the first.
+
+    `levels` and `iso` override the file's metadata exactly as they would in `Denoiser.run`
+    (a blind model still ignores an ISO that only the file states).
+    """
+    from .denoiser import Denoiser
 
     if len(models) < 2:
         raise InputError(f"compare needs at least two models, got {len(models)}")
     if repeat < 1:
         raise InputError(f"repeat must be >= 1, got {repeat}")
-    levels = dict(levels or {})
-    data, meta = _frame_fields(raw)
-    frame_meta = {**meta, **{k: v for k, v in levels.items() if v is not None}}
+    if isinstance(raw, (str, os.PathLike)):
+        from .rawio import read_raw
+
+        raw = read_raw(raw)  # once, for every model
+    kw = {k: v for k, v in (levels or {}).items() if v is not None}
+    if iso is not None:
+        kw["iso"] = iso
     rows: list[Row] = []
     ref = None
     for path in models:
         with Denoiser.load(path, runtime=runtime, device=device, tile=tile) as dn:
-            kw = dict(cfa=frame_meta.get("cfa"), black_level=frame_meta.get("black_level"),
-                      white_level=frame_meta.get("white_level"), iso=iso if iso is not None else frame_meta.get("iso"))
             t0 = time.perf_counter()
-            out = dn.run(data, **kw)
+            out = dn.run(raw, **kw)
             seconds = time.perf_counter() - t0
             if repeat > 1:  # the first run warmed the runtime up; time the others
                 t0 = time.perf_counter()
                 for _ in range(repeat - 1):
-                    dn.run(data, **kw)
+                    dn.run(raw, **kw)
                 seconds = (time.perf_counter() - t0) / (repeat - 1)
-            prepared = dn.prepare(data, **kw)
+            prepared = dn.prepare(raw, **kw)
             lv, geom, s = prepared.levels, prepared.geometry, dn.spec
             is_bayer = s.layout == "bayer4"
             dy, dx = (geom.dy, geom.dx) if is_bayer else (0, 0)

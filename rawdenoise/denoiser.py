@@ -31,8 +31,7 @@ class Prepared:
     """A frame turned into network input, with what is needed to turn the output back."""
 
     x: np.ndarray                 # (C, h, w) float32 network input
-    shape: tuple[int, ...]        # the input frame's shape and dtype
-    dtype: np.dtype
+    dtype: np.dtype               # the input frame's dtype
     levels: Levels
     geometry: bayer.BayerGeometry | None
     gain: float                   # network_input = normalised * gain + offset
@@ -226,7 +225,7 @@ class Denoiser:
         if (needs_frame or s.layout != "bayer4") and (gain, offset) != (1.0, 0.0):
             x *= np.float32(gain)
             x += np.float32(offset)
-        return Prepared(x, data.shape, data.dtype, lv, geom, gain, offset)
+        return Prepared(x, data.dtype, lv, geom, gain, offset)
 
     def plan(self, x: np.ndarray):
         """The tile plan `run` uses for a network-input frame `x` (C, h, w)."""

@@ -138,6 +138,13 @@ def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], overlap:
                     plan_axis(width, tw, overlap, multiple, pad_to_tile), overlap)
 
 
+def _check_frame(x: np.ndarray, plan: TilePlan, who: str) -> None:
+    if x.ndim != 3:
+        raise InputError(f"{who} expects a C x H x W array, got shape {x.shape}")
+    if (plan.rows.size, plan.cols.size) != x.shape[1:]:
+        raise InputError(f"tile plan is for {plan.rows.size} x {plan.cols.size}, frame is {x.shape[1]} x {x.shape[2]}")
+
+
 def _reflect_index(start: int, n: int, size: int) -> np.ndarray:
     """Indices start..start+n-1 reflected into [0, size) like numpy.pad(mode='reflect')."""
     i = np.arange(start, start + n)
@@ -180,15 +187,12 @@ def run_tiled(predict: Predictor, x: np.ndarray, plan: TilePlan, *, batch: int =
     from one tile (exact); `blend="feather"` averages overlapping tiles with linear ramps, for
     models with global context where no overlap makes tiles exact.
     """
-    if x.ndim != 3:
-        raise InputError(f"run_tiled expects a C x H x W array, got shape {x.shape}")
+    _check_frame(x, plan, "run_tiled")
     if blend not in ("crop", "feather"):
         raise InputError(f"blend {blend!r} is not one of crop, feather")
     if batch < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
     c, h, w = x.shape
-    if (plan.rows.size, plan.cols.size) != (h, w):
-        raise InputError(f"tile plan is for {plan.rows.size} x {plan.cols.size}, frame is {h} x {w}")
     co = c if out_channels is None else out_channels
     if out is None:
         out = np.zeros((co, h, w), dtype=np.float32) if blend == "feather" else np.empty((co, h, w), np.float32)
@@ -246,11 +250,8 @@ def iter_tiles(x: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, np.nda
     Each tile is a fresh float32 (C, th, tw) array (reflect padding beyond the frame edge), so
     callers such as calibration readers can keep a few without holding the frame.
     """
-    if x.ndim != 3:
-        raise InputError(f"iter_tiles expects a C x H x W array, got shape {x.shape}")
-    c, h, w = x.shape
-    if (plan.rows.size, plan.cols.size) != (h, w):
-        raise InputError(f"tile plan is for {plan.rows.size} x {plan.cols.size}, frame is {h} x {w}")
+    _check_frame(x, plan, "iter_tiles")
+    c = x.shape[0]
     th, tw = plan.tile_shape
     for y0, x0, _, _ in plan.tiles():
         dst = np.empty((c, th, tw), dtype=np.float32)

@@ -8,11 +8,11 @@ import pytest
 
 from rawdenoise.cli import main as cli_main
 from rawdenoise.compare import compare, seam_ratio
+from rawdenoise.tiling import plan_tiles
 
 
 def main(argv):
     return cli_main(["compare", *argv])
-from rawdenoise.tiling import plan_tiles
 
 BLACK, WHITE = 128, 4095
 
@@ -95,3 +95,22 @@ def test_seam_ratio_detects_steps_at_tile_borders():
     shifted[2 * plan.rows.keep[1][0] + 9:] += 40
     assert seam_ratio(shifted, plan, bayer=True) < 1.5
     assert math.isnan(seam_ratio(smooth, plan_tiles(64, 64, tile=0, overlap=0, multiple=8), bayer=True))
+
+
+def test_file_metadata_reaches_the_denoiser_as_file_metadata(frame, tiny_unet_pt, monkeypatch):
+    """compare passes the RawFrame itself, so a file's ISO stays a file's ISO (blind models ignore it)."""
+    from rawdenoise.denoiser import Denoiser
+
+    seen = []
+    real_run = Denoiser.run
+
+    def spy(self, raw, **kw):
+        seen.append((raw, kw))
+        return real_run(self, raw, **kw)
+
+    monkeypatch.setattr(Denoiser, "run", spy)
+    path, _ = frame
+    compare([tiny_unet_pt, tiny_unet_pt], path, tile=64)
+    assert all(kw == {} and raw.meta["iso"] == 400 for raw, kw in seen)
+    compare([tiny_unet_pt, tiny_unet_pt], path, tile=64, iso=800)
+    assert seen[-1][1] == {"iso": 800}

@@ -186,29 +186,59 @@ def pack(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
     return out
 
 
+def pack_rows(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float, starts, rows: int) -> np.ndarray:
+    """`pack(...)[:, i:i + rows]` for each i in `starts`, concatenated, without packing the rest.
+
+    Bands must lie inside packed rows 1 .. H/2 - 2, where no row is mirrored: a band starting at
+    packed row i is frame rows 2i - dy onward, already in the model's row phase, so it is packed
+    with no row extension and the frame's black levels moved to the band's own sites.
+    """
+    h2, w2 = g.packed_shape
+    starts = [int(i) for i in starts]
+    if any(i < 1 or i + rows > h2 - 1 for i in starts):
+        raise InputError(f"row bands must lie in packed rows 1..{h2 - 2}, got starts {starts} of {rows} rows")
+    gb = BayerGeometry(2 * rows, g.width, 0, g.dx)
+    black_band = np.empty(4)
+    for ch in range(4):
+        black_band[gb.frame_site(ch)] = black[g.frame_site(ch)]
+    out = np.empty((4, len(starts) * rows, w2), np.float32)
+    for j, i in enumerate(starts):
+        r0 = 2 * i - g.dy
+        pack(raw[r0:r0 + 2 * rows], gb, black_band, white, out=out[:, j * rows:(j + 1) * rows])
+    return out
+
+
 def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
-           dtype=np.float32, out: np.ndarray | None = None, gain: float = 1.0, offset: float = 0.0) -> np.ndarray:
+           dtype=np.float32, out: np.ndarray | None = None, gain: float = 1.0, offset: float = 0.0,
+           origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Inverse of `pack`: undo the scaling, de-normalise, crop the extension, cast to `dtype`.
 
     Integer outputs are rounded and clipped to [0, white]; float outputs are returned unclipped.
+    `packed` may be any block of the packed frame whose top-left is at packed `origin`; its
+    pixels are written into `out` (the whole frame), so tiles can be unpacked as they arrive.
     """
     dtype = np.dtype(dtype)
     if out is None:
         out = np.empty((g.height, g.width), dtype=dtype)
+    elif out.shape != (g.height, g.width) or out.dtype != dtype:
+        raise InputError(f"unpack output must be {g.height} x {g.width} {dtype}, got {out.shape} {out.dtype}")
     integer = dtype.kind in "ui"
+    work = np.float64 if dtype == np.float64 else np.float32
+    py, px = origin
+    bh, bw = packed.shape[1:]
     for ch in range(4):
         r, c = divmod(ch, 2)
         b = black[g.frame_site(ch)]
-        # packed row i is frame row 2i + r - dy; skip the mirrored first row/column if any
-        r0, c0 = r - g.dy, c - g.dx
-        i0, j0 = (1 if r0 < 0 else 0), (1 if c0 < 0 else 0)
-        rows = range(r0 + 2 * i0, g.height, 2)
-        cols = range(c0 + 2 * j0, g.width, 2)
-        src = packed[ch, i0:i0 + len(rows), j0:j0 + len(cols)]
-        dst = out[rows.start::2, cols.start::2]
+        # packed row i is frame row 2i + r - dy: keep the rows of this block inside the frame
+        # (the mirrored first row/column of the extension, and a mirrored last one, are dropped)
+        rows = _frame_lines(py, bh, r - g.dy, g.height)
+        cols = _frame_lines(px, bw, c - g.dx, g.width)
+        if not rows or not cols:
+            continue
+        src = packed[ch, rows.start - py:rows.stop - py, cols.start - px:cols.stop - px]
+        dst = out[2 * rows.start + r - g.dy::2, 2 * cols.start + c - g.dx::2][:len(rows), :len(cols)]
         # (y - offset) / gain * (white - b) + b in one multiply-add
         scale = (white - b) / gain
-        work = np.float64 if dtype == np.float64 else np.float32
         for blk in row_blocks(len(rows), np.dtype(work).itemsize * len(cols)):
             val = np.multiply(src[blk], scale, dtype=work)
             val += b - offset * scale
@@ -217,3 +247,10 @@ def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float
                 np.clip(val, 0, white, out=val)
             dst[blk] = val
     return out
+
+
+def _frame_lines(start: int, n: int, shift: int, size: int) -> range:
+    """Packed lines start..start+n-1 whose frame line 2i + shift lies in [0, size)."""
+    first = max(start, (1 - shift) // 2 if shift < 0 else 0)
+    stop = min(start + n, (size - 1 - shift) // 2 + 1)
+    return range(first, max(first, stop))

@@ -209,12 +209,17 @@ class Denoiser:
             rgb.check_rgb_array(data)
         lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
         geom = None
-        # the k-sigma transform may need the normalised frame itself (blind noise estimate);
-        # otherwise the input scaling is folded into the packing pass
+        # the k-sigma transform may need the frame's noise, estimated blind: on a Bayer frame
+        # from the frame itself, so that the input scaling is still folded into the packing pass
         needs_frame = s.ksigma is not None and noise is None and self._iso(lv) is None
-        gain, offset = (1.0, 0.0) if needs_frame else self._affine(None, lv, noise)
         if s.layout == "bayer4":
             geom = bayer.geometry(data.shape, lv.cfa, s.channel_order)
+            if needs_frame:
+                from .noise import estimate_noise_bayer
+
+                noise, needs_frame = estimate_noise_bayer(data, geom, lv.black, lv.white), False
+        gain, offset = (1.0, 0.0) if needs_frame else self._affine(None, lv, noise)
+        if s.layout == "bayer4":
             x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input, gain=gain, offset=offset)
         else:
             x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
@@ -222,7 +227,7 @@ class Denoiser:
                 np.clip(x, 0.0, 1.0, out=x)
         if needs_frame:
             gain, offset = self._affine(x, lv, noise)
-        if (needs_frame or s.layout != "bayer4") and (gain, offset) != (1.0, 0.0):
+        if s.layout != "bayer4" and (gain, offset) != (1.0, 0.0):
             x *= np.float32(gain)
             x += np.float32(offset)
         return Prepared(x, data.dtype, lv, geom, gain, offset)
@@ -236,15 +241,27 @@ class Denoiser:
     def finish(self, y: np.ndarray, p: "Prepared") -> np.ndarray:
         """The second half of `run`: residual, inverse scaling, unpack, de-normalise, cast (in place on y)."""
         s = self.spec
-        if s.output == "residual":
-            y += p.x[: s.out_channels]
         lv = p.levels
         if s.layout == "bayer4":
-            return bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype, gain=p.gain, offset=p.offset)
+            out = np.empty((p.geometry.height, p.geometry.width), p.dtype)
+            self._finish_block(y, 0, 0, p, out)
+            return out
+        if s.output == "residual":
+            y += p.x[: s.out_channels]
         if (p.gain, p.offset) != (1.0, 0.0):
             y -= np.float32(p.offset)
             y *= np.float32(1.0 / p.gain)
         return rgb.from_planar(y, float(lv.black[0]), lv.white, p.dtype, s.channel_order)
+
+    def _finish_block(self, y: np.ndarray, y0: int, x0: int, p: "Prepared", out: np.ndarray) -> None:
+        """`finish` for the block of network output at packed (y0, x0), written into `out`."""
+        s = self.spec
+        if s.output == "residual":
+            skip = p.x[: s.out_channels, y0:y0 + y.shape[1], x0:x0 + y.shape[2]]
+            y = np.add(y, skip, out=y) if y.flags.writeable else y + skip
+        lv = p.levels
+        bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype, out=out, gain=p.gain, offset=p.offset,
+                     origin=(y0, x0))
 
     def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
             progress: bool = False) -> np.ndarray:
@@ -256,9 +273,15 @@ class Denoiser:
         The input is never written to.
         """
         p = self.prepare(raw, cfa=cfa, black_level=black_level, white_level=white_level, iso=iso, noise=noise)
-        y = run_tiled(self.runtime.infer, p.x, self.plan(p.x), batch=self.batch,
-                      out_channels=self.spec.out_channels, blend=self.blend, progress=progress)
-        return self.finish(y, p)
+        plan = self.plan(p.x)
+        kw = dict(batch=self.batch, out_channels=self.spec.out_channels, blend=self.blend, progress=progress)
+        if self.spec.layout == "bayer4" and self.blend == "crop":
+            # each tile is unpacked into the output as it arrives: no float frame is stitched
+            out = np.empty((p.geometry.height, p.geometry.width), p.dtype)
+            run_tiled(self.runtime.infer, p.x, plan, **kw,
+                      sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
+            return out
+        return self.finish(run_tiled(self.runtime.infer, p.x, plan, **kw), p)
 
     def __repr__(self) -> str:
         return f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} batch={self.batch}>"

@@ -21,6 +21,8 @@ import numpy as np
 from .errors import InputError
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+# receives a tile's kept core (C_out, rows, cols) and its top-left in the frame
+TileSink = Callable[[np.ndarray, int, int], None]
 
 
 def round_up(n: int, m: int) -> int:
@@ -180,21 +182,27 @@ def _ramp(n: int, width: int, lead: bool, trail: bool) -> np.ndarray:
 
 def run_tiled(predict: Predictor, x: np.ndarray, plan: TilePlan, *, batch: int = 1,
               out_channels: int | None = None, blend: str = "crop", progress: bool = False,
-              out: np.ndarray | None = None) -> np.ndarray:
+              out: np.ndarray | None = None, sink: TileSink | None = None) -> np.ndarray | None:
     """Run `predict` over the tiles of `plan` and stitch a (out_channels, H, W) float32 result.
 
     `predict` maps float32 (N, C, th, tw) to (N, C_out, th, tw). `blend="crop"` keeps each pixel
     from one tile (exact); `blend="feather"` averages overlapping tiles with linear ramps, for
-    models with global context where no overlap makes tiles exact.
+    models with global context where no overlap makes tiles exact. With `sink` (crop only), each
+    tile's kept core goes to `sink(core, y0, x0)` as it arrives and no frame is stitched here:
+    the caller writes it straight into its final form (one pass less over the frame).
     """
     _check_frame(x, plan, "run_tiled")
     if blend not in ("crop", "feather"):
         raise InputError(f"blend {blend!r} is not one of crop, feather")
+    if sink is not None and blend != "crop":
+        raise InputError("a tile sink needs blend='crop' (feathered tiles must be summed first)")
     if batch < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
     c, h, w = x.shape
     co = c if out_channels is None else out_channels
-    if out is None:
+    if sink is not None:
+        out = None
+    elif out is None:
         out = np.zeros((co, h, w), dtype=np.float32) if blend == "feather" else np.empty((co, h, w), np.float32)
     elif blend == "feather":
         out[...] = 0
@@ -218,7 +226,9 @@ def run_tiled(predict: Predictor, x: np.ndarray, plan: TilePlan, *, batch: int =
                     f"predictor returned shape {pred.shape}, expected {(len(group), co, th, tw)}"
                 )
             for k, (y0, x0, (ky0, ky1), (kx0, kx1)) in enumerate(group):
-                if blend == "crop":
+                if sink is not None:
+                    sink(pred[k, :, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0], ky0, kx0)
+                elif blend == "crop":
                     out[:, ky0:ky1, kx0:kx1] = pred[k, :, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
                 else:
                     _accumulate(out, weight, pred[k], y0, x0, plan)

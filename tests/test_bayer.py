@@ -119,6 +119,43 @@ def test_unpack_inverts_pack(h, w, frame, order, dtype, seed):
         np.testing.assert_array_equal(back, raw)
 
 
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(2, 41), w=st.integers(2, 41), frame=st.sampled_from(PHASES), order=st.sampled_from(PHASES),
+       cuts=st.tuples(st.integers(1, 20), st.integers(1, 20)), seed=st.integers(0, 2**16))
+def test_unpacking_blocks_one_by_one_writes_the_whole_frame(h, w, frame, order, cuts, seed):
+    """Tiles unpacked as they arrive (packed origin given) = the frame unpacked at once."""
+    r = np.random.default_rng(seed)
+    black = r.integers(0, 50, 4).astype(np.float64)
+    raw = (r.random((h, w)) * 4000).astype(np.uint16)
+    g = bayer.geometry(raw.shape, frame, order)
+    packed = bayer.pack(raw, g, black, 4000.0, gain=3.0, offset=0.5)
+    whole = bayer.unpack(packed, g, black, 4000.0, dtype=np.uint16, gain=3.0, offset=0.5)
+    out = np.zeros_like(raw)
+    ph, pw = packed.shape[1:]
+    for y0 in range(0, ph, cuts[0]):
+        for x0 in range(0, pw, cuts[1]):
+            blk = packed[:, y0:y0 + cuts[0], x0:x0 + cuts[1]]
+            bayer.unpack(blk, g, black, 4000.0, dtype=np.uint16, gain=3.0, offset=0.5, out=out, origin=(y0, x0))
+    np.testing.assert_array_equal(out, whole)
+    np.testing.assert_array_equal(out, raw)
+
+
+@pytest.mark.parametrize("frame_cfa", PHASES)
+@pytest.mark.parametrize("model_order", ["RGGB", "GBRG"])
+@pytest.mark.parametrize("shape", [(40, 30), (41, 31)])
+def test_pack_rows_is_a_selection_of_the_packed_frame(frame_cfa, model_order, shape):
+    raw = code_frame(*shape, frame_cfa)
+    g = bayer.geometry(shape, frame_cfa, model_order)
+    black = np.array([3.0, 5.0, 7.0, 11.0])
+    full = bayer.pack(raw, g, black, 2.0**23)
+    h2 = g.packed_shape[0]
+    starts = [1, 6, h2 - 5]
+    got = bayer.pack_rows(raw, g, black, 2.0**23, starts, 4)
+    np.testing.assert_array_equal(got, np.concatenate([full[:, i:i + 4] for i in starts], axis=1))
+    with pytest.raises(InputError, match="row bands"):
+        bayer.pack_rows(raw, g, black, 2.0**23, [0], 4)
+
+
 def test_parse_cfa_accepts_strings_and_rawpy_patterns():
     assert bayer.parse_cfa("rggb") == "RGGB"
     assert bayer.parse_cfa(np.array([[0, 1], [3, 2]])) == "RGGB"

@@ -78,3 +78,29 @@ def test_estimate_does_not_modify_and_rejects_tiny_frames():
     np.testing.assert_array_equal(x, before)
     with pytest.raises(InputError, match="too small"):
         estimate_noise(x[:, :4, :4])
+
+
+@pytest.mark.parametrize("cfa", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_estimate_from_bands_of_a_big_bayer_frame(cfa):
+    """The estimate read from bands of rows (any CFA phase, odd size, per-site black levels in DN)
+    agrees with the known noise and with the estimate over the whole packed frame."""
+    from rawdenoise.noise import estimate_noise_bayer
+
+    rng = np.random.default_rng(5)
+    k, s2 = default_profile().normalised(3200)
+    clean = synth.unprocess(synth.dead_leaves(768, 768, rng), rng, cfa, exposure=0.6)
+    clean = np.tile(clean, (3, 3))[:2301, :2299]         # keeps the CFA phase: 768 is even
+    noisy = synth.add_sensor_noise(clean, k, s2, rng)
+    black = np.array([512.0, 508.0, 515.0, 520.0])       # per site of `cfa`, in DN
+    white = 16383.0
+    site = 2 * (np.arange(noisy.shape[0])[:, None] % 2) + np.arange(noisy.shape[1])[None, :] % 2
+    raw = np.clip(np.rint(noisy * (white - black[site]) + black[site]), 0, white).astype(np.uint16)
+    before = raw.copy()
+    g = bayer.geometry(raw.shape, cfa, "RGGB")
+    kb, sb = estimate_noise_bayer(raw, g, black, white)
+    kf, sf = estimate_noise(bayer.pack(raw, g, black, white))
+    np.testing.assert_array_equal(raw, before)
+    assert kb == pytest.approx(k, rel=0.15)
+    levels = np.percentile(clean, [10, 50, 90])
+    np.testing.assert_allclose(variance(levels, kb, sb), variance(levels, k, s2), rtol=0.15)
+    np.testing.assert_allclose(variance(levels, kb, sb), variance(levels, kf, sf), rtol=0.05)

@@ -82,6 +82,20 @@ def read_onnx(path) -> tuple[Any, ModelSpec, str, bool]:
     return model, spec, inputs[0], qdq
 
 
+def zero_points_are_zero(model) -> bool:
+    """True when every QuantizeLinear/DequantizeLinear zero point is 0 (symmetric INT8)."""
+    import numpy as np  # noqa: PLC0415
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2]:
+            zp = consts.get(n.input[2])
+            if zp is None or np.any(numpy_helper.to_array(zp) != 0):
+                return False
+    return True
+
+
 def convert_fp16(src, dst) -> None:
     """FP16 weights and activations in the ONNX graph (TensorRT 11 takes precision from the file)."""
     import onnx  # noqa: PLC0415
@@ -225,7 +239,12 @@ def build_engine(onnx_path, output, opts: BuildOptions | None = None, *, trt=Non
     onnx_path, output = Path(onnx_path), Path(output)
     if output.exists() and not opts.overwrite:
         raise InputError(f"{output} already exists; pass --overwrite to replace it")
-    _model, spec, input_name, qdq = read_onnx(onnx_path)
+    model, spec, input_name, qdq = read_onnx(onnx_path)
+    if qdq and not zero_points_are_zero(model):
+        raise InputError(
+            f"{onnx_path} has Q/DQ nodes with non-zero zero points (made with --target cpu); TensorRT takes "
+            f"symmetric INT8 only: quantize again with python -m converters.quantize --target tensorrt"
+        )
     profile = tb.derive_profile(spec, tile=opts.tile, batch=opts.batch, min_shape=opts.min_shape,
                                 opt_shape=opts.opt_shape, max_shape=opts.max_shape)
     if opts.precision == "int8" and not qdq and not opts.calib:
@@ -261,7 +280,8 @@ def build_engine(onnx_path, output, opts: BuildOptions | None = None, *, trt=Non
                 from .quantize import quantize  # noqa: PLC0415
 
                 src = Path(tmpd) / "model.int8.onnx"
-                report = quantize(onnx_path, src, tiles=tiles, method=opts.calib_method, quantize_bias=False)
+                report = quantize(onnx_path, src, tiles=tiles, method=opts.calib_method, quantize_bias=False,
+                                  target="tensorrt")
                 notes = {"calibration": report.notes}
             elif opts.precision == "fp16":
                 src = Path(tmpd) / "model.fp16.onnx"

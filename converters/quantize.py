@@ -1,14 +1,15 @@
 """INT8 Q/DQ ONNX model calibrated on real RAW files (ONNX Runtime static quantization).
 
 python -m converters.quantize MODEL.onnx -o MODEL.int8.onnx --calib SRC [SRC ...]
-    [--method minmax|entropy|percentile] [--samples N] [--holdout N] [--tile H W]
+    [--target cpu|tensorrt] [--float-ends] [--method minmax|entropy|percentile] [--samples N]
+    [--holdout N] [--tile H W]
 
 Calibration tiles are read from RAW files (paths, folders, globs) through the same normalisation,
-packing and tiling as `Denoiser.run`, one frame at a time. The result is a Q/DQ model with
-QInt8 activations and weights, per-channel symmetric weights and symmetric activations: it runs
-on ONNX Runtime CPU and builds on TensorRT 10 and 11 (which takes INT8 only from Q/DQ nodes).
-QInt8 rather than QUInt8 activations: on AVX2 CPUs without VNNI, QUInt8 loses accuracy.
-The command prints the accuracy against the FP32 model on held-back tiles.
+packing and tiling as `Denoiser.run`, one frame at a time. Weights are QInt8 per-channel
+symmetric. Activations follow the target: `cpu` (asymmetric QUInt8, the operand ONNX Runtime's
+x86 integer kernels are built around) or `tensorrt` (symmetric QInt8, zero points 0: the only
+INT8 TensorRT 10 and 11 accept, which they take from Q/DQ nodes alone). The command prints the
+accuracy against the FP32 model on held-back tiles.
 """
 
 from __future__ import annotations
@@ -81,11 +82,12 @@ class _Reader:
         self.tiles.rewind()
 
 
-def _calibration_ranges(q, model_path: Path, reader, method: str, tmpdir: Path, cache: Path) -> None:
+def _calibration_ranges(q, model_path: Path, reader, method: str, tmpdir: Path, cache: Path, *,
+                        symmetric: bool) -> None:
     """Collect activation ranges with our own calibrator settings and store them as an ORT cache file."""
     cm = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
           "percentile": q.CalibrationMethod.Percentile}[method]
-    extra: dict[str, Any] = {"symmetric": True}
+    extra: dict[str, Any] = {"symmetric": symmetric}
     if method == "entropy":
         extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
     elif method == "percentile":
@@ -124,13 +126,62 @@ def residual_path(model) -> list[str]:
     return keep
 
 
+def qdq_session(ort, model, *, exact: bool):
+    """An ONNX Runtime CPU session for a Q/DQ model. `exact` turns graph fusion off, so every
+    QuantizeLinear/DequantizeLinear runs as written (the arithmetic TensorRT implements); fused,
+    ORT runs its own integer kernels, whose accuracy depends on the CPU (on AVX2 without VNNI
+    the signed-activation kernels saturate: on a small test network, 34 dB against FP32 where
+    its Q/DQ arithmetic gives 56 dB)."""
+    opts = ort.SessionOptions()
+    if exact:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def end_convs(model) -> list[str]:
+    """The first convolution (reads the network input) and the last one (its output reaches a
+    graph output through element-wise ops only): the layers whose 8-bit rounding shows most."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    first = [n.name for n in convs if inputs & set(n.input)]
+    last = []
+    todo = [o.name for o in graph.output]
+    seen = set()
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            last.append(node.name)
+        elif node.op_type in ("Add", "Sub", "Mul", "Div", "Slice", "Identity", "Cast", "Clip", "Relu"):
+            todo.extend(node.input)
+    return list(dict.fromkeys(first + last))
+
+
+# target -> (activation type, symmetric activations)
+TARGETS = {
+    # zero points of 0 everywhere: the only INT8 TensorRT accepts; also runs on ONNX Runtime
+    "tensorrt": ("QInt8", True),
+    # unsigned asymmetric activations: ReLU outputs use all 256 levels, and u8 x s8 is the native
+    # dot product of x86 integer kernels (measured on an AVX2 CPU without VNNI: 52 dB against FP32
+    # on a small test network where signed activations give 34 dB)
+    "cpu": ("QUInt8", False),
+}
+
+
 def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "entropy", samples: int = 64,
              holdout: int = 8, tile=None, levels: dict | None = None, progress: bool = False,
-             overwrite: bool = True, quantize_bias: bool = True) -> QuantReport:
+             overwrite: bool = True, quantize_bias: bool = True, target: str = "cpu",
+             float_ends: bool = False) -> QuantReport:
     """Write a Q/DQ INT8 copy of `src_onnx` calibrated on RAW `sources` (or prepared `tiles`).
 
     `quantize_bias=False` keeps biases in float (no int32 DequantizeLinear), the form TensorRT
     fuses into its INT8 convolutions; ONNX Runtime CPU fuses int32 biases into QLinearConv.
+    `target` picks the activation format (TARGETS); `float_ends` keeps the first and last
+    convolution in float.
     """
     onnx, ort, q = _ort()
     from rawdenoise.calibration import CalibrationTiles, psnr  # noqa: PLC0415
@@ -138,6 +189,9 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
 
     if method not in METHODS:
         raise InputError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise InputError(f"quantization target {target!r} is not one of {', '.join(TARGETS)}")
+    act_type, act_symmetric = TARGETS[target]
     src_onnx, dst_onnx = Path(src_onnx), Path(dst_onnx)
     if dst_onnx.exists() and not overwrite:
         raise InputError(f"{dst_onnx} already exists; pass --overwrite to replace it")
@@ -164,16 +218,18 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
               "percentile": q.CalibrationMethod.Percentile}[method]
         if "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
             cache = tmp / "ranges.json"
-            _calibration_ranges(q, pre, reader, method, tmp, cache)
+            _calibration_ranges(q, pre, reader, method, tmp, cache, symmetric=act_symmetric)
             kwargs["calibration_cache_path"] = str(cache)
         qout = tmp / "q.onnx"
         try:
+            graph = onnx.load(str(pre))
+            keep = residual_path(graph) + (end_convs(graph) if float_ends else [])
             q.quantize_static(str(pre), str(qout), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              nodes_to_exclude=residual_path(onnx.load(str(pre))),
-                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              nodes_to_exclude=keep,
+                              activation_type=getattr(q.QuantType, act_type), weight_type=q.QuantType.QInt8,
                               calibrate_method=cm,
-                              extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                             "CalibTensorRangeSymmetric": True,
+                              extra_options={"ActivationSymmetric": act_symmetric, "WeightSymmetric": True,
+                                             "CalibTensorRangeSymmetric": act_symmetric,
                                              "QuantizeBias": bool(quantize_bias)}, **kwargs)
         except (ValueError, RuntimeError) as e:
             raise ConversionError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0][:300]}") from None
@@ -182,13 +238,15 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
             raise InputError("the calibration sources gave no tiles; pass larger or more RAW files")
         qmodel = onnx.load(str(qout))
         hashes = tiles.source_hashes()
-        notes = {"method": method, "tiles": n_calib, "sources": hashes,
+        fmt = (f"QDQ {act_type} {'symmetric' if act_symmetric else 'asymmetric'} activations, "
+               f"QInt8 per-channel symmetric weights" + (", first and last convolution in float" if float_ends else ""))
+        notes = {"method": method, "tiles": n_calib, "sources": hashes, "target": target, "format": fmt,
                  "tile": list(tiles.tile_shape) if tiles.tile_shape else None}
         origin = dict(spec.origin)
         origin["fp32_onnx"] = src_onnx.name
         origin["calibration_sha256"] = sorted(set(hashes.values()))
         qspec = spec.replace(precision="int8", origin=origin,
-                             notes={**spec.notes, "quantization": {**notes, "format": "QDQ QInt8 per-channel symmetric"}})
+                             notes={**spec.notes, "quantization": notes})
         del qmodel.metadata_props[:]
         entry = qmodel.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, qspec.to_json()
@@ -199,7 +257,7 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
     p = mx = mean = math.nan
     if len(held):
         ref_s = ort.InferenceSession(str(src_onnx), providers=["CPUExecutionProvider"])
-        q_s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        q_s = qdq_session(ort, data, exact=target == "tensorrt")
         err_dn = []
         for k in range(len(held)):
             (r,) = ref_s.run(None, {input_name: held[k:k + 1]})
@@ -222,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", nargs="+", required=True, metavar="SRC",
                    help="RAW files, folders or glob patterns (camera RAW, DNG, .npy + .json sidecar)")
     p.add_argument("--method", choices=METHODS, default="entropy")
+    p.add_argument("--target", choices=list(TARGETS), default="cpu",
+                   help="cpu (default): asymmetric QUInt8 activations, for ONNX Runtime; "
+                        "tensorrt: symmetric QInt8 only, the form TensorRT builds")
+    p.add_argument("--float-ends", action="store_true", help="keep the first and last convolution in float")
     p.add_argument("--samples", type=int, default=64, help="calibration tiles (default 64)")
     p.add_argument("--holdout", type=int, default=8, help="held-back tiles for the accuracy report (default 8)")
     p.add_argument("--tile", nargs=2, type=int, metavar=("H", "W"), help="tile size (default: the manifest's)")
@@ -238,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                                     ("white_level", args.white_level), ("iso", args.iso)) if v is not None}
         rep = quantize(args.model, args.output, args.calib, method=args.method, samples=args.samples,
                        holdout=args.holdout, tile=tuple(args.tile) if args.tile else None, levels=levels,
-                       progress=args.progress, overwrite=args.overwrite)
+                       progress=args.progress, overwrite=args.overwrite, target=args.target,
+                       float_ends=args.float_ends)
         print(rep.line())
         return 0
 

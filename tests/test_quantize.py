@@ -38,7 +38,8 @@ def calib_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_model(tiny_unet_onnx, calib_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "unet.int8.onnx"
-    rep = quantize(tiny_unet_onnx, out, [calib_dir], method="minmax", samples=8, holdout=4, tile=(64, 64))
+    rep = quantize(tiny_unet_onnx, out, [calib_dir], method="minmax", samples=8, holdout=4, tile=(64, 64),
+                   target="tensorrt")
     return out, rep
 
 
@@ -83,17 +84,28 @@ def test_manifest_int8_with_calibration_hashes(int8_model, calib_dir):
     assert rep.n_calib == 8 and rep.n_held == 4
 
 
-def test_int8_close_to_fp32_through_denoiser(int8_model, tiny_unet_onnx):
+def _frame_psnr(got, ref):
+    return 10 * math.log10((WHITE - BLACK) ** 2 / np.mean((got.astype(np.float64) - ref) ** 2))
+
+
+def test_tensorrt_target_close_to_fp32_in_qdq_arithmetic(int8_model, tiny_unet_onnx):
+    """The symmetric model's Q/DQ arithmetic (what TensorRT runs), on a frame calibration never saw,
+    through the SDK's own prepare / tiles / finish."""
+    import onnxruntime as ort
+
+    from converters.quantize import qdq_session
+    from rawdenoise.tiling import run_tiled
+
     path, rep = int8_model
-    raw = scene(np.random.default_rng(99), 192, 256, phase=2.5)  # a frame calibration never saw
+    raw = scene(np.random.default_rng(99), 192, 256, phase=2.5)
     kw = dict(cfa="RGGB", black_level=BLACK, white_level=WHITE)
     with Denoiser.load(tiny_unet_onnx, tile=64) as dn:
         ref = dn.run(raw, **kw).astype(np.float64)
-    with Denoiser.load(path, tile=64) as dn:
-        got = dn.run(raw, **kw).astype(np.float64)
-    mse = np.mean((got - ref) ** 2)
-    psnr = 10 * math.log10((WHITE - BLACK) ** 2 / mse)
-    assert psnr > 40.0, psnr
+        p = dn.prepare(raw, **kw)
+        sess = qdq_session(ort, str(path), exact=True)
+        y = run_tiled(lambda b: sess.run(None, {"input": b})[0], p.x, dn.plan(p.x), out_channels=4)
+        got = dn.finish(y, p)
+    assert _frame_psnr(got, ref) > 40.0
     # the command's own held-back measurement agrees with this independent one in magnitude
     assert rep.psnr_db > 40.0 and rep.max_err_dn < 0.05 * (WHITE - BLACK)
 
@@ -144,3 +156,56 @@ def test_global_residual_sum_stays_in_float(int8_model):
     last = producers[m.graph.output[0].name]
     assert last.op_type == "Add"  # not DequantizeLinear: the sum is float
     assert last.name in residual_path(onnx_mod.load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def cpu_int8_model(tiny_unet_onnx, calib_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qcpu") / "unet.cpu.int8.onnx"
+    quantize(tiny_unet_onnx, out, [calib_dir], method="minmax", samples=8, holdout=0, tile=(64, 64),
+             target="cpu", float_ends=True)
+    return out
+
+
+def test_cpu_target_unsigned_asymmetric_activations_and_float_ends(cpu_int8_model, tiny_unet_onnx):
+    from converters.quantize import end_convs
+
+    m = onnx.load(str(cpu_int8_model))
+    q_zero = [_init(m, n.input[2]) for n in m.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert q_zero and all(z.dtype == np.uint8 for z in q_zero)
+    assert any(np.any(z != 128) for z in q_zero)  # asymmetric: ranges follow the data (ReLU >= 0)
+    # the first and last convolution take float weights (no DequantizeLinear feeds them)
+    ends = end_convs(onnx.load(str(tiny_unet_onnx)))
+    assert len(ends) == 2
+    producers = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        if n.name in ends:
+            assert producers.get(n.input[1]) is None or producers[n.input[1]].op_type != "DequantizeLinear"
+    quantized = [n for n in m.graph.node if n.op_type == "Conv" and n.name not in ends]
+    assert quantized and all(producers[n.input[1]].op_type == "DequantizeLinear" for n in quantized)
+    spec = ModelSpec.from_json({p.key: p.value for p in m.metadata_props}[METADATA_KEY])
+    assert spec.notes["quantization"]["target"] == "cpu"
+    assert "QUInt8 asymmetric" in spec.notes["quantization"]["format"]
+
+
+def test_cpu_target_close_to_fp32_through_denoiser(cpu_int8_model, tiny_unet_onnx):
+    """The asymmetric model on ONNX Runtime's own integer kernels, as users run it."""
+    raw = scene(np.random.default_rng(99), 192, 256, phase=2.5)
+    kw = dict(cfa="RGGB", black_level=BLACK, white_level=WHITE)
+    with Denoiser.load(tiny_unet_onnx, tile=64) as dn:
+        ref = dn.run(raw, **kw).astype(np.float64)
+    with Denoiser.load(cpu_int8_model, tile=64) as dn:
+        got = dn.run(raw, **kw)
+    assert _frame_psnr(got, ref) > 40.0
+
+
+def test_tensorrt_refuses_asymmetric_int8(cpu_int8_model, int8_model, tmp_path):
+    from converters.onnx2trt import zero_points_are_zero
+
+    assert zero_points_are_zero(onnx.load(str(int8_model[0])))
+    assert not zero_points_are_zero(onnx.load(str(cpu_int8_model)))
+    with pytest.raises(InputError, match="--target tensorrt"):
+        from converters.onnx2trt import build_engine
+
+        from types import SimpleNamespace
+
+        build_engine(cpu_int8_model, tmp_path / "x.engine", trt=SimpleNamespace(__version__="10.8.0"))

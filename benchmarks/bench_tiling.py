@@ -21,3 +21,31 @@ def test_plan_and_stitch(benchmark, size, tile, overlap):
     benchmark.extra_info.update(tiles=plan.n_tiles, compute_ratio=round(plan.compute_ratio, 3))
     out = benchmark(go)
     assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("path", ["stitch-then-unpack", "unpack-each-tile"])
+def test_tiles_to_raw_12mp(benchmark, path):
+    """The output half of Denoiser.run with a free predictor, on the default model's tile plan:
+    stitching a float frame and unpacking it, or unpacking each tile into the output (what run does)."""
+    from benchmarks.frames import frame, model_paths
+    from rawdenoise import Denoiser, bayer
+
+    raw = frame("12MP")
+    black = np.full(4, 512.0)
+    g = bayer.geometry(raw.shape, "RGGB", "RGGB")
+    x = bayer.pack(raw, g, black, 16383.0)
+    with Denoiser.load(model_paths()["onnx"]) as dn:
+        plan = dn.plan(x)
+    out = np.empty(raw.shape, np.uint16)
+
+    def stitched():
+        return bayer.unpack(run_tiled(lambda b: b, x, plan), g, black, 16383.0, np.uint16, out=out)
+
+    def per_tile():
+        run_tiled(lambda b: b, x, plan,
+                  sink=lambda core, y0, x0: bayer.unpack(core, g, black, 16383.0, np.uint16, out=out, origin=(y0, x0)))
+        return out
+
+    benchmark.extra_info.update(tiles=plan.n_tiles)
+    got = benchmark(stitched if path == "stitch-then-unpack" else per_tile)
+    np.testing.assert_array_equal(got, raw)

@@ -138,36 +138,3 @@ def test_sample_photographs_are_averaged_down():
     f, h = full[0], half[0]
     assert h.shape == (f.shape[0] // 2, f.shape[1] // 2, 3)
     np.testing.assert_allclose(h[3, 5], f[6:8, 10:12].mean(axis=(0, 1)), rtol=1e-6)
-
-
-def test_photo_share_of_training_crops():
-    pytest.importorskip("skimage")
-    p = default_profile()
-    mixed = synth.PairSource(p, patch=32, seed=1, pool_size=2, scene_size=64, photo_fraction=0.5)
-    again = synth.PairSource(p, patch=32, seed=1, pool_size=2, scene_size=64, photo_fraction=0.5)
-    np.testing.assert_array_equal(mixed.batch(4, 6)[0], again.batch(4, 6)[0])
-    assert len(mixed.photos) == len(synth.TRAINING_PHOTOS)
-    # the evaluation photograph is not among the training ones
-    test_shapes = {img.shape for img in synth.sample_images()}
-    assert not test_shapes & {img.shape for img in mixed.photos}
-    # routing: with a flat grey "photograph", photo crops are flat per channel, leaves crops are not
-    for src in (mixed, again):
-        src.photos = [np.full((80, 90, 3), 0.5, np.float32)]
-    flat = [float(c.std(axis=(1, 2)).max()) < 1e-6 for c in mixed.batch(9, 64)[0]]
-    assert 16 < sum(flat) < 48          # about half of 64
-    only = synth.PairSource(p, patch=32, seed=1, pool_size=2, scene_size=64, photo_fraction=1.0)
-    only.photos = mixed.photos
-    assert all(float(c.std(axis=(1, 2)).max()) < 1e-6 for c in only.batch(2, 8)[0])
-
-
-def test_photo_fraction_is_checked():
-    with pytest.raises(InputError, match="photo_fraction"):
-        synth.PairSource(default_profile(), patch=16, scene_size=64, pool_size=1, photo_fraction=1.5)
-
-
-def test_photo_fraction_zero_keeps_the_dead_leaves_stream():
-    # configs written before photographs existed reproduce their batches exactly
-    p = default_profile()
-    a = synth.PairSource(p, patch=16, seed=3, pool_size=2, scene_size=64).batch(5, 3)
-    b = synth.PairSource(p, patch=16, seed=3, pool_size=2, scene_size=64, photo_fraction=0.0).batch(5, 3)
-    np.testing.assert_array_equal(a[1], b[1])

@@ -116,7 +116,7 @@ def _yaml():
 
         raise MissingDependencyError(
             "YAML noise profiles need the Python package 'PyYAML', which is not installed; "
-            "install it with: pip install -e \".[train]\" (or use a .json profile)") from None
+            "install it with: pip install -e \".[yaml]\" (or use a .json profile)") from None
     return yaml
 
 

@@ -175,17 +175,23 @@ def dead_leaves(height: int, width: int, rng: np.random.Generator, *, r_min: flo
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def _read_photos(root, names, downscale: int) -> list[np.ndarray]:
-    """sRGB photographs (H x W x 3, [0, 1]) averaged over `downscale` x `downscale` blocks: a JPEG
-    carries its own grain and compression artefacts, which a clean reference must not (averaging
-    divides their variance by downscale^2). Missing files are skipped."""
+def sample_images(downscale: int = 2) -> list[np.ndarray]:
+    """Photographs shipped with matplotlib (sRGB, [0, 1]); empty if matplotlib is absent.
+
+    Averaged over `downscale` x `downscale` blocks: a JPEG carries its own grain and compression
+    artefacts, which a clean reference must not (averaging divides their variance by downscale^2).
+    """
+    try:
+        import matplotlib
+        from PIL import Image
+    except ImportError:
+        return []
     from pathlib import Path
 
-    from PIL import Image
-
+    root = Path(matplotlib.get_data_path()) / "sample_data"
     out = []
-    for name in names:
-        p = Path(root) / name
+    for name in ("grace_hopper.jpg",):
+        p = root / name
         if p.is_file():
             with Image.open(p) as im:
                 img = np.asarray(im.convert("RGB"), np.float32) / 255.0
@@ -193,40 +199,6 @@ def _read_photos(root, names, downscale: int) -> list[np.ndarray]:
             h, w = img.shape[0] // f * f, img.shape[1] // f * f
             out.append(img[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3)))
     return out
-
-
-def sample_images(downscale: int = 2) -> list[np.ndarray]:
-    """The test photograph shipped with matplotlib; empty if matplotlib is absent. Never used
-    in training (training photographs come from another package, `training_photos`)."""
-    try:
-        import matplotlib
-        import PIL  # noqa: F401
-    except ImportError:
-        return []
-    from pathlib import Path
-
-    return _read_photos(Path(matplotlib.get_data_path()) / "sample_data", ("grace_hopper.jpg",), downscale)
-
-
-# colour photographs bundled with scikit-image (no download): people, animal, objects, outdoor,
-# microscopy; they bring the fine natural textures procedural scenes lack
-TRAINING_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                   "motorcycle_right.png", "ihc.png", "retina.jpg", "hubble_deep_field.jpg")
-
-
-def training_photos(downscale: int = 2) -> list[np.ndarray]:
-    """The scikit-image sample photographs (sRGB, [0, 1]), disjoint from the evaluation photograph.
-    Raises when scikit-image is not installed: a training config that asks for photographs must
-    not silently train on something else."""
-    try:
-        import skimage
-        import PIL  # noqa: F401
-    except ImportError:
-        raise InputError("training with photographs needs scikit-image and pillow; "
-                         "install them (pip install -e \".[train]\") or set \"photo_fraction\": 0") from None
-    from pathlib import Path
-
-    return _read_photos(Path(skimage.__file__).parent / "data", TRAINING_PHOTOS, downscale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,10 +252,9 @@ def pack_rggb(mosaic_rggb: np.ndarray) -> np.ndarray:
 class PairSource:
     """Seeded, on-the-fly clean/noisy packed pairs for training and validation.
 
-    A pool of dead-leaves scenes is drawn once from `seed` (and, with `photo_fraction`, that share
-    of samples is cropped from photographs instead); each batch is then a function of (seed, index)
-    only: random crops, flips, unprocessing parameters, ISO and noise. So a run resumed at step i
-    sees exactly the batches it would have seen.
+    A pool of dead-leaves scenes is drawn once from `seed`; each batch is then a function of
+    (seed, index) only: random crops, flips, unprocessing parameters, ISO and noise. So a run
+    resumed at step i sees exactly the batches it would have seen.
     """
 
     profile: NoiseProfile
@@ -294,20 +265,12 @@ class PairSource:
     scene_size: int = 384         # raw pixels
     row_noise: float = 0.0
     clip: bool = True
-    photo_fraction: float = 0.0   # share of samples cropped from `training_photos` instead
 
     def __post_init__(self):
         if 2 * self.patch > self.scene_size:
             raise InputError(f"patch {self.patch} (packed) does not fit scenes of {self.scene_size} raw pixels")
-        if not 0.0 <= self.photo_fraction <= 1.0:
-            raise InputError(f"photo_fraction must be in [0, 1], got {self.photo_fraction}")
         rng = np.random.default_rng([self.seed, 0])
         self.pool = [dead_leaves(self.scene_size, self.scene_size, rng) for _ in range(self.pool_size)]
-        self.photos = []
-        if self.photo_fraction > 0:
-            self.photos = [p for p in training_photos() if min(p.shape[:2]) >= 2 * self.patch]
-            if not self.photos:
-                raise InputError(f"no training photograph is at least {2 * self.patch} pixels on a side")
 
     def batch(self, index: int, n: int, iso: float | None = None):
         """(clean, noisy, iso) float32 (n, 4, p, p) normalised packed RGGB, and float64 (n,) ISO."""
@@ -317,11 +280,9 @@ class PairSource:
         noisy = np.empty_like(clean)
         isos = np.full(n, float(iso)) if iso is not None else sample_iso(rng, self.iso_range, n)
         for i in range(n):
-            from_photo = self.photos and rng.uniform() < self.photo_fraction
-            scenes = self.photos if from_photo else self.pool
-            scene = scenes[int(rng.integers(len(scenes)))]
-            y = 2 * int(rng.integers(0, (scene.shape[0] - p2) // 2 + 1))
-            x = 2 * int(rng.integers(0, (scene.shape[1] - p2) // 2 + 1))
+            scene = self.pool[int(rng.integers(len(self.pool)))]
+            y = 2 * int(rng.integers(0, (self.scene_size - p2) // 2 + 1))
+            x = 2 * int(rng.integers(0, (self.scene_size - p2) // 2 + 1))
             crop = scene[y:y + p2, x:x + p2]
             if rng.uniform() < 0.5:
                 crop = crop[::-1]

@@ -50,7 +50,6 @@ class TrainConfig:
     pool_size: int = 64
     scene_size: int = 384
     row_noise: float = 0.0
-    photo_fraction: float = 0.0            # share of training crops from photographs (needs scikit-image)
     val_isos: tuple[float, ...] = (400.0, 1600.0, 3200.0, 6400.0)
     val_n: int = 8
     val_every: int = 500
@@ -135,10 +134,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
         self.data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed,
-                               pool_size=cfg.pool_size, scene_size=cfg.scene_size, row_noise=cfg.row_noise,
-                               photo_fraction=cfg.photo_fraction)
-        # validation data: another seed, so a disjoint pool of scenes, and no photographs (they
-        # are few, so validation crops of them would overlap training crops)
+                               pool_size=cfg.pool_size, scene_size=cfg.scene_size, row_noise=cfg.row_noise)
+        # validation data: another seed, so a disjoint pool of scenes
         self.val_data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed + 10_000,
                                    pool_size=max(4, cfg.val_n // 2), scene_size=cfg.scene_size,
                                    row_noise=cfg.row_noise)
@@ -260,8 +257,7 @@ class Trainer:
                 f"tools.train: {self.cfg.steps} steps of Adam (lr {self.cfg.lr}, cosine to {self.cfg.min_lr}, "
                 f"{self.cfg.warmup} warm-up), L1 in the k-sigma domain (anchor ISO {self.cfg.anchor_iso:g}), "
                 f"batches of {self.cfg.batch} x {self.cfg.patch}x{self.cfg.patch} packed patches from procedural "
-                f"dead-leaves scenes ({1 - self.cfg.photo_fraction:.0%}) and scikit-image sample photographs "
-                f"({self.cfg.photo_fraction:.0%}) unprocessed to RAW (random colour matrix, white balance, exposure), "
+                f"dead-leaves scenes unprocessed to RAW (random colour matrix, white balance, exposure), "
                 f"Poisson-Gaussian noise from the training profile at ISO log-uniform in "
                 f"{self.cfg.iso_range[0]:g}-{self.cfg.iso_range[1]:g}, seed {self.cfg.seed}"
             ),

@@ -178,13 +178,13 @@ def estimate_noise(x: np.ndarray, *, block: int = 16, max_blocks: int = 24000,
 
 
 def estimate_noise_bayer(raw: np.ndarray, geometry, black: np.ndarray, white: float, *, block: int = 16,
-                         target_blocks: int = 12000) -> tuple[float, float]:
+                         target_blocks: int = 6000) -> tuple[float, float]:
     """Blind (k, sigma2) of a Bayer frame, straight from the frame (before any packing).
 
     Noise statistics do not change across a frame, so a big frame is measured on about
     `target_blocks` blocks read from evenly spaced bands of rows, normalised and packed on their
-    own (a quarter of a 12 MP frame): the network input can then be packed and scaled in one
-    pass. Small frames are packed whole. `geometry`, `black`, `white` are those of `bayer.pack`.
+    own (an eighth of a 12 MP frame): the network input can then be packed and scaled in one
+    pass. Small frames are packed whole and read on as many blocks, evenly spread. `geometry`, `black`, `white` are those of `bayer.pack`.
     """
     from . import bayer
 
@@ -195,7 +195,7 @@ def estimate_noise_bayer(raw: np.ndarray, geometry, black: np.ndarray, white: fl
     n_bands = math.ceil(target_blocks / per_band)
     slots = (h2 - 2) // band              # bands inside packed rows 1..h2-2: no mirrored rows
     if n_bands >= slots:
-        return estimate_noise(bayer.pack(raw, g, black, white), block=block)
+        return estimate_noise(bayer.pack(raw, g, black, white), block=block, max_blocks=target_blocks)
     starts = 1 + band * np.linspace(0, slots - 1, n_bands).round().astype(int)
     x = bayer.pack_rows(raw, g, black, white, starts, band)
     return estimate_noise(x, block=block)

@@ -139,3 +139,23 @@ def test_suggested_tile_bounds_the_overlap_cost(radius, m):
     if t > 256:  # and it is the smallest such tile
         stride = (t - m - 2 * radius) // m * m
         assert stride < m or ((t - m) / stride) ** 2 > 1.25
+
+
+@settings(max_examples=80, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), m=st.sampled_from([1, 4, 16]), k=st.integers(0, 5),
+       overlap=st.integers(0, 12), fixed=st.booleans())
+def test_every_tile_is_a_window_of_the_reflect_padded_frame(h, w, m, k, overlap, fixed):
+    """Tiles (cut by slicing inside the frame, by index beyond it) equal windows of np.pad(reflect)."""
+    from rawdenoise.tiling import iter_tiles
+
+    from hypothesis import assume
+
+    assume(k == 0 or k * m >= 2 * overlap + m)
+    x = np.arange(2 * h * w, dtype=np.float32).reshape(2, h, w)
+    plan = plan_tiles(h, w, tile=k * m, overlap=overlap, multiple=m, pad_to_tile=fixed)
+    th, tw = plan.tile_shape
+    bottom = max(y0 for y0, _, _, _ in plan.tiles()) + th - h
+    right = max(x0 for _, x0, _, _ in plan.tiles()) + tw - w
+    padded = np.pad(x, ((0, 0), (0, max(bottom, 0)), (0, max(right, 0))), mode="reflect")
+    for y0, x0, tile in iter_tiles(x, plan):
+        np.testing.assert_array_equal(tile, padded[:, y0:y0 + th, x0:x0 + tw])

@@ -13,13 +13,18 @@ LEVELS = dict(cfa="RGGB", black_level=[512, 512, 512, 512], white_level=16383)
 
 @functools.lru_cache(maxsize=3)
 def frame(size: str) -> np.ndarray:
-    """A noisy uint16 14-bit frame with smooth structure (values matter only for INT8 accuracy)."""
+    """A noisy uint16 14-bit frame with smooth structure and sensor noise (shot + read noise, as
+    the default profile gives at ISO 1600), so the blind estimate and INT8 ranges are realistic."""
     h, w = SIZES_MP[size]
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     scene = 0.25 + 0.2 * np.sin(xx / 97.0) * np.cos(yy / 71.0)
-    noisy = scene * 15000 + rng.normal(0, 120, size=(h, w)).astype(np.float32) + 512
-    out = np.clip(noisy, 0, 16383).astype(np.uint16)
+    from tools.profile import default_profile
+
+    k, s2 = default_profile().normalised(1600)   # normalised units
+    noisy = rng.poisson(scene / k).astype(np.float32) * np.float32(k)
+    noisy += rng.normal(0.0, np.sqrt(s2), size=(h, w)).astype(np.float32)
+    out = np.clip(np.rint(noisy * (16383 - 512) + 512), 0, 16383).astype(np.uint16)
     out.flags.writeable = False
     return out
 

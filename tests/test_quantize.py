@@ -182,6 +182,10 @@ def test_cpu_target_unsigned_asymmetric_activations_and_float_ends(cpu_int8_mode
             assert producers.get(n.input[1]) is None or producers[n.input[1]].op_type != "DequantizeLinear"
     quantized = [n for n in m.graph.node if n.op_type == "Conv" and n.name not in ends]
     assert quantized and all(producers[n.input[1]].op_type == "DequantizeLinear" for n in quantized)
+    # 7-bit weights: u8 x s8 pair sums stay clear of int16 saturation on CPUs without VNNI
+    for n in quantized:
+        w = _init(m, producers[n.input[1]].input[0])
+        assert w.dtype == np.int8 and np.abs(w.astype(int)).max() <= 64
     spec = ModelSpec.from_json({p.key: p.value for p in m.metadata_props}[METADATA_KEY])
     assert spec.notes["quantization"]["target"] == "cpu"
     assert "QUInt8 asymmetric" in spec.notes["quantization"]["format"]
@@ -196,6 +200,19 @@ def test_cpu_target_close_to_fp32_through_denoiser(cpu_int8_model, tiny_unet_onn
     with Denoiser.load(cpu_int8_model, tile=64) as dn:
         got = dn.run(raw, **kw)
     assert _frame_psnr(got, ref) > 40.0
+
+
+def test_cpu_target_integer_kernels_match_qdq_arithmetic(cpu_int8_model, tiny_unet_onnx):
+    """ORT's fused integer kernels compute what the Q/DQ graph says (no int16 saturation)."""
+    import onnxruntime as ort
+
+    from converters.quantize import qdq_session
+
+    x = np.random.default_rng(3).uniform(0.05, 0.7, size=(1, 4, 64, 64)).astype(np.float32)
+    fused = qdq_session(ort, str(cpu_int8_model), exact=False).run(None, {"input": x})[0]
+    exact = qdq_session(ort, str(cpu_int8_model), exact=True).run(None, {"input": x})[0]
+    scale = np.abs(exact).max()
+    assert np.abs(fused - exact).max() <= 0.02 * scale
 
 
 def test_tensorrt_refuses_asymmetric_int8(cpu_int8_model, int8_model, tmp_path):

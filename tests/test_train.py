@@ -111,3 +111,19 @@ def test_cli_trains_and_reports_bad_configs(tmp_path, capsys):
     assert train.main(["--config", str(bad), "-o", str(tmp_path / "run2")]) == 1
     err = capsys.readouterr().err
     assert "stepz" in err and "Traceback" not in err
+
+
+def test_fine_tuning_starts_from_the_init_weights(tmp_path):
+    first = train.Trainer(tiny(steps=20), tmp_path / "a", log=lambda *_: None).run()
+    t = train.Trainer(tiny(steps=10, init=str(first), seed=5), tmp_path / "b", log=lambda *_: None)
+    for name, w in t.model.state_dict().items():
+        assert torch.equal(w, state(first)[name]), name
+    out = t.run()
+    notes = zoo.read(out)["spec"]["notes"]
+    assert notes["trained"].startswith(f"fine-tuned from {first.name}")
+    assert notes["init"]["trained"] == zoo.read(first)["spec"]["notes"]["trained"]
+    assert len(notes["init"]["sha256"]) == 64
+    with pytest.raises(train.InputError, match="trains unet"):
+        train.Trainer(tiny(init=str(first), arch_kwargs={"width": 8, "depth": 1}), tmp_path / "c")
+    with pytest.raises(train.InputError, match="another input transform"):
+        train.Trainer(tiny(init=str(first), input_scale=4.0), tmp_path / "d")

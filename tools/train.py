@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rawdenoise.errors import InputError, run_cli
-from rawdenoise.fileio import atomic_output
+from rawdenoise.fileio import atomic_output, sha256_file
 from rawdenoise.tiling import suggest_tile
 
 from .profile import NoiseProfile, default_profile
@@ -59,6 +59,8 @@ class TrainConfig:
     # "frame": a model for any camera estimates each frame's noise (file ISOs are not trusted);
     # "iso": a model trained on the user's own camera profile uses the file's ISO
     noise_source: str = "iso"
+    # a .pt artifact of the same architecture and transform whose weights start the run (fine-tuning)
+    init: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -131,6 +133,8 @@ class Trainer:
                                  noise_source=cfg.noise_source)
         if cfg.tile is not None:
             self.spec = self.spec.replace(tile=max(cfg.tile, spec.multiple))
+        if cfg.init:
+            self._init_from(cfg.init)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
         self.data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed,
@@ -139,6 +143,21 @@ class Trainer:
         self.val_data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed + 10_000,
                                    pool_size=max(4, cfg.val_n // 2), scene_size=cfg.scene_size,
                                    row_noise=cfg.row_noise)
+
+    def _init_from(self, path) -> None:
+        """Start from the weights of an artifact trained for the same network and transform."""
+        from rawdenoise.spec import ModelSpec
+        from rawdenoise.zoo.artifact import read
+
+        payload = read(path)
+        spec = ModelSpec.from_dict(payload["spec"])
+        if payload["arch"] != self.cfg.arch or payload["arch_kwargs"] != self.cfg.arch_kwargs:
+            raise InputError(f"init model {path} is {payload['arch']} {payload['arch_kwargs']}; this config trains "
+                             f"{self.cfg.arch} {self.cfg.arch_kwargs}")
+        if (spec.ksigma, spec.scale, spec.offset) != (self.spec.ksigma, self.spec.scale, self.spec.offset):
+            raise InputError(f"init model {path} was trained with another input transform (k-sigma anchor, "
+                             f"profile or input_scale); its weights would not fit this config's inputs")
+        self.model.load_state_dict(payload["state_dict"], strict=True)
 
     # ---- the k-sigma transform, exactly as Denoiser.run applies it --------------------------
     def affine(self, isos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,6 +265,11 @@ class Trainer:
                     self.save_checkpoint()
         return self.export() if self.step >= self.cfg.steps else None
 
+    def _init_notes(self) -> dict:
+        from rawdenoise.zoo.artifact import read
+
+        return read(self.cfg.init)["spec"].get("notes") or {}
+
     def export(self) -> Path:
         """Write RUN_DIR/model.pt: the SDK artifact, its manifest recording how it was trained."""
         from rawdenoise import zoo
@@ -254,6 +278,8 @@ class Trainer:
         notes = {
             "training_profile": self.profile.to_dict(),
             "trained": (
+                (f"fine-tuned from {Path(self.cfg.init).name} (how that was trained: notes.init), then " if self.cfg.init
+                 else "") +
                 f"tools.train: {self.cfg.steps} steps of Adam (lr {self.cfg.lr}, cosine to {self.cfg.min_lr}, "
                 f"{self.cfg.warmup} warm-up), L1 in the k-sigma domain (anchor ISO {self.cfg.anchor_iso:g}), "
                 f"batches of {self.cfg.batch} x {self.cfg.patch}x{self.cfg.patch} packed patches from procedural "
@@ -262,6 +288,8 @@ class Trainer:
                 f"{self.cfg.iso_range[0]:g}-{self.cfg.iso_range[1]:g}, seed {self.cfg.seed}"
             ),
             "config": json.loads(json.dumps(asdict(self.cfg))),
+            **({"init": {"file": Path(self.cfg.init).name, "sha256": sha256_file(self.cfg.init),
+                         "trained": self._init_notes().get("trained")}} if self.cfg.init else {}),
             "val_psnr": val,
             "noise_estimate": "with no ISO given, rawdenoise.noise.estimate_noise fits k and sigma^2 on the frame",
         }

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.frames import SIZES_MP
+from benchmarks.frames import SIZES_MP, frame, model_paths
 from rawdenoise.tiling import plan_tiles, run_tiled
 
 
@@ -27,7 +27,6 @@ def test_plan_and_stitch(benchmark, size, tile, overlap):
 def test_tiles_to_raw_12mp(benchmark, path):
     """The output half of Denoiser.run with a free predictor, on the default model's tile plan:
     stitching a float frame and unpacking it, or unpacking each tile into the output (what run does)."""
-    from benchmarks.frames import frame, model_paths
     from rawdenoise import Denoiser, bayer
 
     raw = frame("12MP")

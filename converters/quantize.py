@@ -82,11 +82,15 @@ class _Reader:
         self.tiles.rewind()
 
 
+def _calibration_method(q, method: str):
+    return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+            "percentile": q.CalibrationMethod.Percentile}[method]
+
+
 def _calibration_ranges(q, model_path: Path, reader, method: str, tmpdir: Path, cache: Path, *,
                         symmetric: bool) -> None:
     """Collect activation ranges with our own calibrator settings and store them as an ORT cache file."""
-    cm = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-          "percentile": q.CalibrationMethod.Percentile}[method]
+    cm = _calibration_method(q, method)
     extra: dict[str, Any] = {"symmetric": symmetric}
     if method == "entropy":
         extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
@@ -215,8 +219,7 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
         q.quant_pre_process(str(src_onnx), str(pre), skip_symbolic_shape=True)
         reader = _Reader(tiles)
         kwargs: dict[str, Any] = {}
-        cm = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-              "percentile": q.CalibrationMethod.Percentile}[method]
+        cm = _calibration_method(q, method)
         if "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
             cache = tmp / "ranges.json"
             _calibration_ranges(q, pre, reader, method, tmp, cache, symmetric=act_symmetric)

@@ -209,27 +209,24 @@ class Denoiser:
             rgb.check_rgb_array(data)
         lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
         geom = None
-        # the k-sigma transform may need the frame's noise, estimated blind: on a Bayer frame
-        # from the frame itself, so that the input scaling is still folded into the packing pass
-        needs_frame = s.ksigma is not None and noise is None and self._iso(lv) is None
         if s.layout == "bayer4":
             geom = bayer.geometry(data.shape, lv.cfa, s.channel_order)
-            if needs_frame:
+            if s.ksigma is not None and noise is None and self._iso(lv) is None:
+                # blind: the noise is read from the Bayer frame itself, so that the input scaling
+                # that depends on it still folds into the one packing pass
                 from .noise import estimate_noise_bayer
 
-                noise, needs_frame = estimate_noise_bayer(data, geom, lv.black, lv.white), False
-        gain, offset = (1.0, 0.0) if needs_frame else self._affine(None, lv, noise)
-        if s.layout == "bayer4":
+                noise = estimate_noise_bayer(data, geom, lv.black, lv.white)
+            gain, offset = self._affine(None, lv, noise)
             x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input, gain=gain, offset=offset)
         else:
             x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
             if s.clip_input:
                 np.clip(x, 0.0, 1.0, out=x)
-        if needs_frame:
             gain, offset = self._affine(x, lv, noise)
-        if s.layout != "bayer4" and (gain, offset) != (1.0, 0.0):
-            x *= np.float32(gain)
-            x += np.float32(offset)
+            if (gain, offset) != (1.0, 0.0):
+                x *= np.float32(gain)
+                x += np.float32(offset)
         return Prepared(x, data.dtype, lv, geom, gain, offset)
 
     def plan(self, x: np.ndarray):

@@ -184,7 +184,8 @@ def estimate_noise_bayer(raw: np.ndarray, geometry, black: np.ndarray, white: fl
     Noise statistics do not change across a frame, so a big frame is measured on about
     `target_blocks` blocks read from evenly spaced bands of rows, normalised and packed on their
     own (an eighth of a 12 MP frame): the network input can then be packed and scaled in one
-    pass. Small frames are packed whole and read on as many blocks, evenly spread. `geometry`, `black`, `white` are those of `bayer.pack`.
+    pass. Small frames are packed whole and read on as many blocks, evenly spread.
+    `geometry`, `black`, `white` are those of `bayer.pack`.
     """
     from . import bayer
 

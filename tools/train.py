@@ -133,8 +133,7 @@ class Trainer:
                                  noise_source=cfg.noise_source)
         if cfg.tile is not None:
             self.spec = self.spec.replace(tile=max(cfg.tile, spec.multiple))
-        if cfg.init:
-            self._init_from(cfg.init)
+        self.init_notes = self._init_from(cfg.init) if cfg.init else None
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
         self.data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed,
@@ -144,8 +143,9 @@ class Trainer:
                                    pool_size=max(4, cfg.val_n // 2), scene_size=cfg.scene_size,
                                    row_noise=cfg.row_noise)
 
-    def _init_from(self, path) -> None:
-        """Start from the weights of an artifact trained for the same network and transform."""
+    def _init_from(self, path) -> dict:
+        """Start from the weights of an artifact trained for the same network and transform;
+        returns its provenance for the manifest (read now, as the file may be replaced later)."""
         from rawdenoise.spec import ModelSpec
         from rawdenoise.zoo.artifact import read
 
@@ -158,6 +158,7 @@ class Trainer:
             raise InputError(f"init model {path} was trained with another input transform (k-sigma anchor, "
                              f"profile or input_scale); its weights would not fit this config's inputs")
         self.model.load_state_dict(payload["state_dict"], strict=True)
+        return {"file": Path(path).name, "sha256": sha256_file(path), "trained": (spec.notes or {}).get("trained")}
 
     # ---- the k-sigma transform, exactly as Denoiser.run applies it --------------------------
     def affine(self, isos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,11 +266,6 @@ class Trainer:
                     self.save_checkpoint()
         return self.export() if self.step >= self.cfg.steps else None
 
-    def _init_notes(self) -> dict:
-        from rawdenoise.zoo.artifact import read
-
-        return read(self.cfg.init)["spec"].get("notes") or {}
-
     def export(self) -> Path:
         """Write RUN_DIR/model.pt: the SDK artifact, its manifest recording how it was trained."""
         from rawdenoise import zoo
@@ -288,8 +284,7 @@ class Trainer:
                 f"{self.cfg.iso_range[0]:g}-{self.cfg.iso_range[1]:g}, seed {self.cfg.seed}"
             ),
             "config": json.loads(json.dumps(asdict(self.cfg))),
-            **({"init": {"file": Path(self.cfg.init).name, "sha256": sha256_file(self.cfg.init),
-                         "trained": self._init_notes().get("trained")}} if self.cfg.init else {}),
+            **({"init": self.init_notes} if self.init_notes else {}),
             "val_psnr": val,
             "noise_estimate": "with no ISO given, rawdenoise.noise.estimate_noise fits k and sigma^2 on the frame",
         }

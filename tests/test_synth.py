@@ -58,6 +58,48 @@ def test_dead_leaves_is_seeded_varied_and_in_range():
     assert len(np.unique(a.reshape(-1, 3).round(3), axis=0)) > 50
 
 
+def _background_fraction(seed, **kw):
+    """Share of pixels still showing the background: its colour ratios are the scene's first draw,
+    and illumination (a common factor) keeps them; any leaf has its own ratios."""
+    img = synth.dead_leaves(128, 128, np.random.default_rng(seed), psf=0.0, **kw).astype(np.float64)
+    bg = np.random.default_rng(seed).uniform(0.0, 1.0, size=3)
+    ratios = img[..., [0, 2]] / np.maximum(img[..., 1:2], 1e-12)
+    return np.mean(np.all(np.abs(ratios - bg[[0, 2]] / bg[1]) < 1e-4 * (bg[[0, 2]] / bg[1]), axis=-1))
+
+
+def test_coverage_hides_the_background():
+    # a Boolean model: centres spread over 1.44 x the frame leave exp(-coverage / 1.44) uncovered
+    dense = np.mean([_background_fraction(s, coverage=3.0) for s in range(6)])
+    denser = np.mean([_background_fraction(s, coverage=6.0) for s in range(6)])
+    assert abs(dense - np.exp(-3.0 / 1.44)) < 0.04, dense
+    assert abs(denser - np.exp(-6.0 / 1.44)) < 0.02, denser
+
+
+def _detail(img):
+    """Mean absolute Laplacian: the energy of the finest scales."""
+    g = img.mean(axis=-1).astype(np.float64)
+    return np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).mean()
+
+
+def test_fine_scenes_carry_more_fine_detail_than_the_evaluation_scenes():
+    rng = np.random.default_rng(0)
+    fine = [_detail(synth.dead_leaves(256, 256, rng, **synth.fine_leaves_params(rng))) for _ in range(4)]
+    plain = [_detail(synth.dead_leaves(256, 256, rng)) for _ in range(4)]
+    assert np.mean(fine) > 2 * np.mean(plain), (fine, plain)
+
+
+def test_fine_scenes_join_the_pool_without_changing_the_plain_scenes():
+    p = default_profile()
+    plain = synth.PairSource(p, patch=16, seed=3, pool_size=4, scene_size=64).pool
+    mixed = synth.PairSource(p, patch=16, seed=3, pool_size=4, scene_size=64, fine_scenes=0.5).pool
+    assert len(mixed) == 4
+    for a, b in zip(plain[:2], mixed[:2]):
+        np.testing.assert_array_equal(a, b)
+    assert np.mean([_detail(m) for m in mixed[2:]]) > 1.5 * np.mean([_detail(m) for m in plain[2:]])
+    with pytest.raises(InputError, match="fine_scenes"):
+        synth.PairSource(p, patch=16, seed=3, pool_size=4, scene_size=64, fine_scenes=1.5)
+
+
 def test_sensor_noise_has_the_poisson_gaussian_moments():
     rng = np.random.default_rng(0)
     k, s2 = 2e-3, 4e-5

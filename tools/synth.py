@@ -130,15 +130,27 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def dead_leaves(height: int, width: int, rng: np.random.Generator, *, r_min: float = 4.0,
-                r_max: float | None = None, n_leaves: int | None = None, psf: float = 0.7) -> np.ndarray:
+                r_max: float | None = None, n_leaves: int | None = None, psf: float = 0.7,
+                stripes: float = 0.15, min_period: float = 3.0, grain: float = 0.0,
+                coverage: float | None = None) -> np.ndarray:
     """A dead-leaves sRGB image (H x W x 3, float32 in [0, 1]).
 
     Discs with radius density ~ r^-3 (scale invariant, like natural images), painted back to
-    front with anti-aliased edges; each leaf carries a colour gradient and some a stripe texture,
-    and the whole scene a smooth illumination falloff. A Gaussian of `psf` pixels stands for the
-    lens and anti-aliasing filter, which band-limit what a sensor records.
+    front with anti-aliased edges; each leaf carries a colour gradient and a fraction `stripes` of
+    them a stripe texture (periods from `min_period` pixels), and the whole scene a smooth
+    illumination falloff. With `grain` > 0, half the leaves are also modulated by a band-limited
+    random texture of relative amplitude up to `grain` (hair, foliage, fabric: fine detail that
+    flat discs lack). A Gaussian of `psf` pixels stands for the lens and anti-aliasing filter,
+    which band-limit what a sensor records. `coverage` sets the number of leaves so that their
+    expected total area is that many times the frame's; as leaf centres spread 10 % past each
+    edge, about 1 - exp(-coverage / 1.44) of the background ends hidden (88 % at 3). By default
+    the scene is sparser, with flat background between the leaves.
     """
     r_max = r_max or 0.35 * max(height, width)
+    if coverage is not None and n_leaves is None:
+        # E[r^2] under p(r) ~ r^-3 on [r_min, r_max]
+        mean_area = np.pi * 2 * np.log(r_max / r_min) / (1 / r_min ** 2 - 1 / r_max ** 2)
+        n_leaves = int(coverage * height * width / mean_area) + 1
     n_leaves = n_leaves or int(4 * height * width / (np.pi * r_min * r_max)) + 50
     img = np.empty((height, width, 3), np.float64)
     img[:] = rng.uniform(0.0, 1.0, size=3)
@@ -147,6 +159,11 @@ def dead_leaves(height: int, width: int, rng: np.random.Generator, *, r_min: flo
     radii = 1.0 / np.sqrt(1.0 / r_min ** 2 - u * (1.0 / r_min ** 2 - 1.0 / r_max ** 2))
     cy = rng.uniform(-0.1 * height, 1.1 * height, size=n_leaves)
     cx = rng.uniform(-0.1 * width, 1.1 * width, size=n_leaves)
+    texture = None
+    if grain > 0:
+        # unit-variance noise blurred to a random scale: one field per scene, leaves take windows of it
+        texture = blur(rng.normal(size=(height, width)), rng.uniform(0.5, 1.5))
+        texture /= texture.std()
     for r, y, x in zip(radii, cy, cx):
         y0, y1 = max(int(y - r - 1), 0), min(int(y + r + 2), height)
         x0, x1 = max(int(x - r - 1), 0), min(int(x + r + 2), width)
@@ -158,11 +175,13 @@ def dead_leaves(height: int, width: int, rng: np.random.Generator, *, r_min: flo
         colour = rng.uniform(0.0, 1.0, size=3)
         grad = rng.normal(0.0, 0.25, size=(2, 3)) / max(r, 1.0)
         leaf = colour + (yy - y)[..., None] * grad[0] + (xx - x)[..., None] * grad[1]
-        if rng.uniform() < 0.15 and r > 6:
-            period = rng.uniform(3.0, 12.0)
+        if rng.uniform() < stripes and r > 2 * min_period:
+            period = rng.uniform(min_period, 12.0)
             theta = rng.uniform(0, np.pi)
             phase = (np.cos(theta) * yy + np.sin(theta) * xx) * (2 * np.pi / period)
             leaf = leaf * (1.0 + 0.3 * np.sin(phase))[..., None]
+        if texture is not None and rng.uniform() < 0.5:
+            leaf = leaf * (1.0 + rng.uniform(0.0, grain) * texture[y0:y1, x0:x1])[..., None]
         patch = img[y0:y1, x0:x1]
         patch += alpha * (np.clip(leaf, 0.0, 1.0) - patch)
     # smooth illumination: a random tilted falloff
@@ -248,6 +267,15 @@ def pack_rggb(mosaic_rggb: np.ndarray) -> np.ndarray:
 # training pairs
 
 
+def fine_leaves_params(rng: np.random.Generator) -> dict:
+    """Random `dead_leaves` settings for scenes with the density and fine detail of real
+    photographs: leaves down to 1 pixel that cover the frame, sharp optics (sensors without an
+    anti-aliasing filter), more and finer stripes, and grain-like texture. The evaluation scenes
+    keep the defaults."""
+    return {"r_min": float(rng.uniform(1.0, 3.0)), "psf": float(rng.uniform(0.35, 0.8)),
+            "stripes": 0.35, "min_period": 2.2, "grain": 0.3, "coverage": 3.0}
+
+
 @dataclass
 class PairSource:
     """Seeded, on-the-fly clean/noisy packed pairs for training and validation.
@@ -265,12 +293,20 @@ class PairSource:
     scene_size: int = 384         # raw pixels
     row_noise: float = 0.0
     clip: bool = True
+    fine_scenes: float = 0.0      # fraction of the pool drawn with fine detail (see FINE_LEAVES)
 
     def __post_init__(self):
         if 2 * self.patch > self.scene_size:
             raise InputError(f"patch {self.patch} (packed) does not fit scenes of {self.scene_size} raw pixels")
+        if not 0.0 <= self.fine_scenes <= 1.0:
+            raise InputError(f"fine_scenes must be a fraction in [0, 1], got {self.fine_scenes}")
+        n_fine = int(round(self.fine_scenes * self.pool_size))
+        size = self.scene_size
         rng = np.random.default_rng([self.seed, 0])
-        self.pool = [dead_leaves(self.scene_size, self.scene_size, rng) for _ in range(self.pool_size)]
+        self.pool = [dead_leaves(size, size, rng) for _ in range(self.pool_size - n_fine)]
+        # a stream of its own, so a pool without fine scenes is what it always was
+        rng = np.random.default_rng([self.seed, 2])
+        self.pool += [dead_leaves(size, size, rng, **fine_leaves_params(rng)) for _ in range(n_fine)]
 
     def batch(self, index: int, n: int, iso: float | None = None):
         """(clean, noisy, iso) float32 (n, 4, p, p) normalised packed RGGB, and float64 (n,) ISO."""

@@ -50,6 +50,7 @@ class TrainConfig:
     pool_size: int = 64
     scene_size: int = 384
     row_noise: float = 0.0
+    fine_scenes: float = 0.0               # fraction of the scene pool with photograph-like fine detail
     val_isos: tuple[float, ...] = (400.0, 1600.0, 3200.0, 6400.0)
     val_n: int = 8
     val_every: int = 500
@@ -137,11 +138,12 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
         self.data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed,
-                               pool_size=cfg.pool_size, scene_size=cfg.scene_size, row_noise=cfg.row_noise)
+                               pool_size=cfg.pool_size, scene_size=cfg.scene_size, row_noise=cfg.row_noise,
+                               fine_scenes=cfg.fine_scenes)
         # validation data: another seed, so a disjoint pool of scenes
         self.val_data = PairSource(self.profile, patch=cfg.patch, iso_range=cfg.iso_range, seed=cfg.seed + 10_000,
                                    pool_size=max(4, cfg.val_n // 2), scene_size=cfg.scene_size,
-                                   row_noise=cfg.row_noise)
+                                   row_noise=cfg.row_noise, fine_scenes=cfg.fine_scenes)
 
     def _init_from(self, path) -> dict:
         """Start from the weights of an artifact trained for the same network and transform;
@@ -279,7 +281,10 @@ class Trainer:
                 f"tools.train: {self.cfg.steps} steps of Adam (lr {self.cfg.lr}, cosine to {self.cfg.min_lr}, "
                 f"{self.cfg.warmup} warm-up), L1 in the k-sigma domain (anchor ISO {self.cfg.anchor_iso:g}), "
                 f"batches of {self.cfg.batch} x {self.cfg.patch}x{self.cfg.patch} packed patches from procedural "
-                f"dead-leaves scenes unprocessed to RAW (random colour matrix, white balance, exposure), "
+                f"dead-leaves scenes"
+                + (f" ({self.cfg.fine_scenes:.0%} of them with photograph-like fine detail)" if self.cfg.fine_scenes
+                   else "")
+                + " unprocessed to RAW (random colour matrix, white balance, exposure), "
                 f"Poisson-Gaussian noise from the training profile at ISO log-uniform in "
                 f"{self.cfg.iso_range[0]:g}-{self.cfg.iso_range[1]:g}, seed {self.cfg.seed}"
             ),

@@ -293,7 +293,7 @@ class PairSource:
     scene_size: int = 384         # raw pixels
     row_noise: float = 0.0
     clip: bool = True
-    fine_scenes: float = 0.0      # fraction of the pool drawn with fine detail (see FINE_LEAVES)
+    fine_scenes: float = 0.0      # fraction of the pool drawn with fine detail (fine_leaves_params)
 
     def __post_init__(self):
         if 2 * self.patch > self.scene_size:

@@ -273,20 +273,18 @@ class Trainer:
         from rawdenoise import zoo
 
         val = self.validate()
+        cfg = self.cfg
+        start = f"fine-tuned from {Path(cfg.init).name} (how that was trained: notes.init), then " if cfg.init else ""
+        fine = f" ({cfg.fine_scenes:.0%} of them with photograph-like fine detail)" if cfg.fine_scenes else ""
         notes = {
             "training_profile": self.profile.to_dict(),
             "trained": (
-                (f"fine-tuned from {Path(self.cfg.init).name} (how that was trained: notes.init), then " if self.cfg.init
-                 else "") +
-                f"tools.train: {self.cfg.steps} steps of Adam (lr {self.cfg.lr}, cosine to {self.cfg.min_lr}, "
-                f"{self.cfg.warmup} warm-up), L1 in the k-sigma domain (anchor ISO {self.cfg.anchor_iso:g}), "
-                f"batches of {self.cfg.batch} x {self.cfg.patch}x{self.cfg.patch} packed patches from procedural "
-                f"dead-leaves scenes"
-                + (f" ({self.cfg.fine_scenes:.0%} of them with photograph-like fine detail)" if self.cfg.fine_scenes
-                   else "")
-                + " unprocessed to RAW (random colour matrix, white balance, exposure), "
+                f"{start}tools.train: {cfg.steps} steps of Adam (lr {cfg.lr}, cosine to {cfg.min_lr}, "
+                f"{cfg.warmup} warm-up), L1 in the k-sigma domain (anchor ISO {cfg.anchor_iso:g}), "
+                f"batches of {cfg.batch} x {cfg.patch}x{cfg.patch} packed patches from procedural "
+                f"dead-leaves scenes{fine} unprocessed to RAW (random colour matrix, white balance, exposure), "
                 f"Poisson-Gaussian noise from the training profile at ISO log-uniform in "
-                f"{self.cfg.iso_range[0]:g}-{self.cfg.iso_range[1]:g}, seed {self.cfg.seed}"
+                f"{cfg.iso_range[0]:g}-{cfg.iso_range[1]:g}, seed {cfg.seed}"
             ),
             "config": json.loads(json.dumps(asdict(self.cfg))),
             **({"init": self.init_notes} if self.init_notes else {}),

@@ -124,6 +124,24 @@ def test_fine_tuning_starts_from_the_init_weights(tmp_path):
     assert notes["init"]["trained"] == zoo.read(first)["spec"]["notes"]["trained"]
     assert len(notes["init"]["sha256"]) == 64
     with pytest.raises(train.InputError, match="trains unet"):
-        train.Trainer(tiny(init=str(first), arch_kwargs={"width": 8, "depth": 1}), tmp_path / "c")
+        train.Trainer(tiny(init=str(first), arch_kwargs={"width": 2, "depth": 1}), tmp_path / "c")
     with pytest.raises(train.InputError, match="another input transform"):
         train.Trainer(tiny(init=str(first), input_scale=4.0), tmp_path / "d")
+
+
+def test_a_narrower_init_is_widened_and_starts_out_unchanged(tmp_path):
+    first = train.Trainer(tiny(steps=5), tmp_path / "a", log=lambda *_: None).run()
+    wide = train.Trainer(tiny(steps=5, init=str(first), arch_kwargs={"width": 6, "depth": 1}), tmp_path / "b",
+                         log=lambda *_: None)
+    narrow = train.Trainer(tiny(steps=5), tmp_path / "c", log=lambda *_: None)
+    narrow.model.load_state_dict(state(first))
+    noisy = np.random.default_rng(0).uniform(0, 0.5, (2, 4, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        got, _, _ = wide.forward(noisy, np.array([1600.0, 3200.0]))
+        ref, _, _ = narrow.forward(noisy, np.array([1600.0, 3200.0]))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-6)
+    notes = zoo.read(wide.run())["spec"]["notes"]
+    assert notes["init"]["widened"].startswith("width 4 -> 6")
+    assert "widened" in notes["trained"]
+    with pytest.raises(train.InputError, match="only a UNet's width"):
+        train.Trainer(tiny(init=str(first), arch_kwargs={"width": 6, "depth": 2}), tmp_path / "d")

@@ -153,14 +153,25 @@ class Trainer:
 
         payload = read(path)
         spec = ModelSpec.from_dict(payload["spec"])
-        if payload["arch"] != self.cfg.arch or payload["arch_kwargs"] != self.cfg.arch_kwargs:
+        kwargs = dict(payload["arch_kwargs"])
+        # a narrower UNet is widened so that it starts out computing what it computed (tools.widen)
+        widen = (payload["arch"] == self.cfg.arch == "unet"
+                 and kwargs.get("width", 0) < self.cfg.arch_kwargs.get("width", 0)
+                 and {**kwargs, "width": self.cfg.arch_kwargs["width"]} == self.cfg.arch_kwargs)
+        if payload["arch"] != self.cfg.arch or (kwargs != self.cfg.arch_kwargs and not widen):
             raise InputError(f"init model {path} is {payload['arch']} {payload['arch_kwargs']}; this config trains "
-                             f"{self.cfg.arch} {self.cfg.arch_kwargs}")
+                             f"{self.cfg.arch} {self.cfg.arch_kwargs} (only a UNet's width may grow)")
         if (spec.ksigma, spec.scale, spec.offset) != (self.spec.ksigma, self.spec.scale, self.spec.offset):
             raise InputError(f"init model {path} was trained with another input transform (k-sigma anchor, "
                              f"profile or input_scale); its weights would not fit this config's inputs")
-        self.model.load_state_dict(payload["state_dict"], strict=True)
-        return {"file": Path(path).name, "sha256": sha256_file(path), "trained": (spec.notes or {}).get("trained")}
+        if widen:
+            from .widen import widen_unet_state
+        state = widen_unet_state(payload["state_dict"], self.model) if widen else payload["state_dict"]
+        self.model.load_state_dict(state, strict=True)
+        notes = {"file": Path(path).name, "sha256": sha256_file(path), "trained": (spec.notes or {}).get("trained")}
+        if widen:
+            notes["widened"] = f"width {kwargs['width']} -> {self.cfg.arch_kwargs['width']} (tools.widen)"
+        return notes
 
     # ---- the k-sigma transform, exactly as Denoiser.run applies it --------------------------
     def affine(self, isos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +285,8 @@ class Trainer:
 
         val = self.validate()
         cfg = self.cfg
-        start = f"fine-tuned from {Path(cfg.init).name} (how that was trained: notes.init), then " if cfg.init else ""
+        widened = "; widened: notes.init.widened" if self.init_notes and "widened" in self.init_notes else ""
+        start = f"fine-tuned from {Path(cfg.init).name} (how that was trained: notes.init{widened}), then " if cfg.init else ""
         fine = f" ({cfg.fine_scenes:.0%} of them with photograph-like fine detail)" if cfg.fine_scenes else ""
         notes = {
             "training_profile": self.profile.to_dict(),

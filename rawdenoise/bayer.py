@@ -243,10 +243,16 @@ def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float
             val = np.multiply(src[blk], scale, dtype=work)
             val += b - offset * scale
             if integer:
-                np.rint(val, out=val)
-                np.clip(val, 0, white, out=val)
+                round_to_sensor(val, white)
             dst[blk] = val
     return out
+
+
+def round_to_sensor(val: np.ndarray, white: float) -> np.ndarray:
+    """In place: the integer DN a float value becomes (rounded, clipped to [0, white])."""
+    np.rint(val, out=val)
+    np.clip(val, 0, white, out=val)
+    return val
 
 
 def _frame_lines(start: int, n: int, shift: int, size: int) -> range:

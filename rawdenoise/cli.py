@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tile", type=int, help="tile size in packed pixels (default: the model's)")
     d.add_argument("--overlap", type=int, help="tile overlap in packed pixels (default: the receptive radius)")
     d.add_argument("--batch", type=int, help="tiles per inference call")
+    d.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N",
+                   help="average the outputs over N orientations of the frame (1, 2, 4 or 8; N times the "
+                        "time, less residual noise; default 1)")
     d.add_argument("--preview", type=Path, metavar="P",
                    help="write a before/after PNG (a folder when denoising several files)")
     d.add_argument("--profile", type=Path, metavar="JSON",
@@ -209,7 +212,7 @@ def cmd_denoise(args) -> int:
             bar.set_postfix_str(src.name)
             try:
                 frame = _read(src, args)
-                clean = dn.run(frame, noise=_profile_noise(profile, frame))
+                clean = dn.run(frame, noise=_profile_noise(profile, frame), ensemble=args.ensemble)
                 write_output(dst, clean, like=frame, overwrite=args.overwrite)
                 if prev is not None:
                     from .preview import write_preview

@@ -201,7 +201,9 @@ class Denoiser:
         Returns the network input frame and what `finish` needs to map the output back. Also used
         by INT8 calibration, so calibration tiles are exactly what the runner sees.
         """
-        data, meta = _frame_fields(raw)
+        return self._prepare_fields(*_frame_fields(raw), cfa, black_level, white_level, iso, noise)
+
+    def _prepare_fields(self, data: np.ndarray, meta: dict, cfa, black_level, white_level, iso, noise) -> "Prepared":
         s = self.spec
         if s.layout == "bayer4":
             bayer.check_bayer_array(data)
@@ -260,25 +262,39 @@ class Denoiser:
         bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype, out=out, gain=p.gain, offset=p.offset,
                      origin=(y0, x0))
 
+    def infer(self, x: np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """Network output for a whole network-input frame `x` (C, h, w), tiled and batched."""
+        return run_tiled(self.runtime.infer, x, self.plan(x), **self._tiling_options(progress))
+
+    def _tiling_options(self, progress: bool) -> dict:
+        return dict(batch=self.batch, out_channels=self.spec.out_channels, blend=self.blend, progress=progress)
+
     def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
-            progress: bool = False) -> np.ndarray:
+            ensemble: int = 1, progress: bool = False) -> np.ndarray:
         """Denoise one frame; returns the same shape and dtype, in sensor units.
 
         `raw` is a 2-D Bayer array (H x W x 3 for RGB models), a RawFrame, or a RAW file path.
         `noise` = (k, sigma^2): the frame's Poisson-Gaussian parameters in normalised [0, 1] units,
         for models conditioned on the noise level (otherwise from `iso` or estimated).
+        `ensemble` = 2, 4 or 8 averages the outputs over that many orientations of the frame
+        (rawdenoise.ensemble), at that many times the cost.
         The input is never written to.
         """
-        p = self.prepare(raw, cfa=cfa, black_level=black_level, white_level=white_level, iso=iso, noise=noise)
-        plan = self.plan(p.x)
-        kw = dict(batch=self.batch, out_channels=self.spec.out_channels, blend=self.blend, progress=progress)
+        if ensemble != 1:
+            from .ensemble import orientations, run_ensemble
+
+            orientations(ensemble)          # a bad value fails before any work
+        data, meta = _frame_fields(raw)
+        p = self._prepare_fields(data, meta, cfa, black_level, white_level, iso, noise)
+        if ensemble != 1:
+            return run_ensemble(self, data, p, ensemble, progress=progress)
         if self.spec.layout == "bayer4" and self.blend == "crop":
             # each tile is unpacked into the output as it arrives: no float frame is stitched
             out = np.empty((p.geometry.height, p.geometry.width), p.dtype)
-            run_tiled(self.runtime.infer, p.x, plan, **kw,
+            run_tiled(self.runtime.infer, p.x, self.plan(p.x), **self._tiling_options(progress),
                       sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
             return out
-        return self.finish(run_tiled(self.runtime.infer, p.x, plan, **kw), p)
+        return self.finish(self.infer(p.x, progress=progress), p)
 
     def __repr__(self) -> str:
         return f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} batch={self.batch}>"

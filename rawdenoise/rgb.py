@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bayer import SUPPORTED_DTYPES
+from .bayer import SUPPORTED_DTYPES, round_to_sensor
 from .errors import InputError
 
 _DEFAULT_WHITE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0,
@@ -52,7 +52,6 @@ def from_planar(planes: np.ndarray, black: float, white: float, dtype, order: st
         val *= white - black
         val += black
         if dtype.kind in "ui":
-            np.rint(val, out=val)
-            np.clip(val, 0, white, out=val)
+            round_to_sensor(val, white)
         dst[..., c] = val
     return out

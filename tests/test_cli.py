@@ -238,6 +238,11 @@ def test_model_omitted_uses_the_default_model(tmp_path, rng, capsys):
     assert rc == 0, err
     want = Denoiser.load("default").run(data, cfa="RGGB", black_level=60, white_level=4095)
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), want)
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "e.npy", "--cfa", "RGGB", "--black", 60, "--white", 4095,
+                       "--ensemble", 4], capsys)
+    assert rc == 0, err
+    want = Denoiser.load("default").run(data, cfa="RGGB", black_level=60, white_level=4095, ensemble=4)
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), want)
 
 
 def test_profile_gives_the_noise_at_the_file_iso(tmp_path, rng, capsys):

@@ -105,6 +105,21 @@ def test_evaluate_rows_and_cli(ksigma_model, tmp_path, capsys):
     assert all(r["iso"] == "1600" for r in got)
 
 
+def test_ensemble_rows_are_the_self_ensemble_runs(ksigma_model):
+    from rawdenoise import Denoiser
+
+    rows = evaluate.evaluate(ksigma_model, isos=[3200], blind=True, baseline=False, n_scenes=1, size=96,
+                             photos=False, ensemble=2)
+    methods = {r["method"]: r for r in rows}
+    assert set(methods) == {"noisy", "model", "model-blind", "model-x2", "model-blind-x2"}
+    prof = default_profile()
+    f = evaluate.test_set(prof, [3200], n_scenes=1, size=96, photos=False)[3200.0][0]
+    out = Denoiser.load(ksigma_model).run(f.noisy_dn, cfa=f.cfa, black_level=list(prof.black_level),
+                                          white_level=prof.white_level, ensemble=2)
+    got = evaluate.psnr((out.astype(np.float64) - np.mean(prof.black_level)) / prof.range, f.clean)
+    assert methods["model-blind-x2"]["psnr"] == pytest.approx(got, abs=1e-3)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "missing.pt"), "--iso", "800"]) == 1
     err = capsys.readouterr().err

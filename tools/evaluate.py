@@ -130,8 +130,9 @@ def model_profile(denoiser) -> NoiseProfile | None:
 
 def evaluate(model, *, isos=DEFAULT_ISOS, profile: NoiseProfile | None = None, blind: bool = False,
              runtime: str | None = None, baseline: bool = True, n_scenes: int = 4, size: int = 512,
-             photos: bool = True, log=None) -> list[dict]:
-    """Rows {iso, method, psnr, ssim} (means over the test frames)."""
+             photos: bool = True, ensemble: int = 1, log=None) -> list[dict]:
+    """Rows {iso, method, psnr, ssim} (means over the test frames). With `ensemble` > 1 the model
+    rows are repeated with that self-ensemble (methods suffixed -xN)."""
     from rawdenoise import Denoiser
 
     with Denoiser.load(model, runtime=runtime) as dn:
@@ -153,14 +154,15 @@ def evaluate(model, *, isos=DEFAULT_ISOS, profile: NoiseProfile | None = None, b
                 add("noisy", _normalise(f.noisy_dn, profile), f.clean)
                 if baseline:
                     add(baseline_name(), classical(_normalise(f.noisy_dn, profile), f.cfa, k, s2), f.clean)
-                kw = dict(cfa=f.cfa, black_level=black, white_level=profile.white_level)
-                if dn.spec.ksigma is not None and not same:
-                    out = dn.run(f.noisy_dn, noise=(k, s2), **kw)
-                else:
-                    out = dn.run(f.noisy_dn, iso=iso, **kw)
-                add("model", _normalise(out, profile), f.clean)
-                if blind:
-                    add("model-blind", _normalise(dn.run(f.noisy_dn, **kw), profile), f.clean)
+                for n, tag in ((1, ""), (ensemble, f"-x{ensemble}"))[: 1 + (ensemble > 1)]:
+                    kw = dict(cfa=f.cfa, black_level=black, white_level=profile.white_level, ensemble=n)
+                    if dn.spec.ksigma is not None and not same:
+                        out = dn.run(f.noisy_dn, noise=(k, s2), **kw)
+                    else:
+                        out = dn.run(f.noisy_dn, iso=iso, **kw)
+                    add("model" + tag, _normalise(out, profile), f.clean)
+                    if blind:
+                        add("model-blind" + tag, _normalise(dn.run(f.noisy_dn, **kw), profile), f.clean)
             for method, vals in acc.items():
                 v = np.array(vals)
                 rows.append({"iso": int(iso), "method": method, "psnr": round(float(v[:, 0].mean()), 3),
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512, help="dead-leaves scene size in pixels (default 512)")
     ap.add_argument("--no-photos", dest="photos", action="store_false",
                     help="leave out the sample photographs (dead-leaves scenes only)")
+    ap.add_argument("--ensemble", type=int, choices=(2, 4, 8), metavar="N",
+                    help="also run the model with an N-orientation self-ensemble (2, 4 or 8)")
     ap.add_argument("--csv", help="write the rows to this CSV file")
     args = ap.parse_args(argv)
 
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = NoiseProfile.load(args.profile) if args.profile else None
         rows = evaluate(args.model, isos=args.iso, profile=profile, blind=args.blind, runtime=args.runtime,
                         baseline=args.baseline, n_scenes=args.scenes, size=args.size,
-                        photos=args.photos)
+                        photos=args.photos, ensemble=args.ensemble or 1)
         print(table(rows))
         if args.csv:
             from rawdenoise.fileio import atomic_output

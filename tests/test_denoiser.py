@@ -86,10 +86,12 @@ def test_identity_model_reproduces_integers_exactly(rng):
             p.zero_()
     spec = zoo.default_spec("unet", width=4, depth=1).replace(receptive_radius=8)
     raw = rng.integers(0, 4096, size=(47, 63)).astype(np.uint16)
+    dn = Denoiser.from_module(m, spec, tile=16, overlap=4)
     for cfa in ("RGGB", "BGGR", "GRBG", "GBRG"):
-        out = Denoiser.from_module(m, spec, tile=16, overlap=4).run(raw, cfa=cfa, black_level=[64, 60, 62, 66],
-                                                                     white_level=4095)
-        np.testing.assert_array_equal(out, raw)
+        # the self-ensemble turns the frame through all eight orientations and back
+        for ensemble in (1, 8):
+            out = dn.run(raw, cfa=cfa, black_level=[64, 60, 62, 66], white_level=4095, ensemble=ensemble)
+            np.testing.assert_array_equal(out, raw)
 
 
 def test_ksigma_transform_is_inverted(rng):

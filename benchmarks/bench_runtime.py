@@ -111,3 +111,13 @@ def test_tiling_cost_12mp(benchmark, tiling, models):
         benchmark.group = "12MP-tiling-cost"
         benchmark.extra_info.update(tile=str(dn.tile), overlap=dn.overlap)
         benchmark.pedantic(dn.run, args=(raw,), kwargs=LEVELS, rounds=2, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("ensemble", [1, 2, 8])
+def test_self_ensemble_2mp(benchmark, ensemble, models):
+    """`run(ensemble=N)` (ONNX Runtime FP32): N passes plus turning and averaging the frames."""
+    raw = frame("2MP")
+    with Denoiser.load(models["onnx"]) as dn:
+        benchmark.group = "2MP-self-ensemble"
+        benchmark.extra_info.update(orientations=ensemble)
+        benchmark.pedantic(dn.run, args=(raw,), kwargs={**LEVELS, "ensemble": ensemble}, rounds=2, warmup_rounds=0)

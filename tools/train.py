@@ -164,13 +164,14 @@ class Trainer:
         if (spec.ksigma, spec.scale, spec.offset) != (self.spec.ksigma, self.spec.scale, self.spec.offset):
             raise InputError(f"init model {path} was trained with another input transform (k-sigma anchor, "
                              f"profile or input_scale); its weights would not fit this config's inputs")
-        if widen:
-            from .widen import widen_unet_state
-        state = widen_unet_state(payload["state_dict"], self.model) if widen else payload["state_dict"]
-        self.model.load_state_dict(state, strict=True)
+        state = payload["state_dict"]
         notes = {"file": Path(path).name, "sha256": sha256_file(path), "trained": (spec.notes or {}).get("trained")}
         if widen:
+            from .widen import widen_unet_state
+
+            state = widen_unet_state(state, self.model)
             notes["widened"] = f"width {kwargs['width']} -> {self.cfg.arch_kwargs['width']} (tools.widen)"
+        self.model.load_state_dict(state, strict=True)
         return notes
 
     # ---- the k-sigma transform, exactly as Denoiser.run applies it --------------------------

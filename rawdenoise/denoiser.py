@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import bayer, rgb
+from .ensemble import orientations, run_ensemble
 from .errors import InputError
 from .spec import ModelSpec
 from .tiling import plan_tiles, run_tiled
@@ -262,12 +263,11 @@ class Denoiser:
         bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype, out=out, gain=p.gain, offset=p.offset,
                      origin=(y0, x0))
 
-    def infer(self, x: np.ndarray, *, progress: bool = False) -> np.ndarray:
-        """Network output for a whole network-input frame `x` (C, h, w), tiled and batched."""
-        return run_tiled(self.runtime.infer, x, self.plan(x), **self._tiling_options(progress))
-
-    def _tiling_options(self, progress: bool) -> dict:
-        return dict(batch=self.batch, out_channels=self.spec.out_channels, blend=self.blend, progress=progress)
+    def infer(self, x: np.ndarray, *, progress: bool = False, sink=None) -> np.ndarray | None:
+        """Network output for a whole network-input frame `x` (C, h, w), tiled and batched; with
+        `sink`, each tile's kept core goes to `sink(core, y0, x0)` instead (see `run_tiled`)."""
+        return run_tiled(self.runtime.infer, x, self.plan(x), batch=self.batch, out_channels=self.spec.out_channels,
+                         blend=self.blend, progress=progress, sink=sink)
 
     def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
             ensemble: int = 1, progress: bool = False) -> np.ndarray:
@@ -280,10 +280,7 @@ class Denoiser:
         (rawdenoise.ensemble), at that many times the cost.
         The input is never written to.
         """
-        if ensemble != 1:
-            from .ensemble import orientations, run_ensemble
-
-            orientations(ensemble)          # a bad value fails before any work
+        orientations(ensemble)              # a bad value fails before any work
         data, meta = _frame_fields(raw)
         p = self._prepare_fields(data, meta, cfa, black_level, white_level, iso, noise)
         if ensemble != 1:
@@ -291,8 +288,7 @@ class Denoiser:
         if self.spec.layout == "bayer4" and self.blend == "crop":
             # each tile is unpacked into the output as it arrives: no float frame is stitched
             out = np.empty((p.geometry.height, p.geometry.width), p.dtype)
-            run_tiled(self.runtime.infer, p.x, self.plan(p.x), **self._tiling_options(progress),
-                      sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
+            self.infer(p.x, progress=progress, sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
             return out
         return self.finish(self.infer(p.x, progress=progress), p)
 

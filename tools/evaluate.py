@@ -154,7 +154,7 @@ def evaluate(model, *, isos=DEFAULT_ISOS, profile: NoiseProfile | None = None, b
                 add("noisy", _normalise(f.noisy_dn, profile), f.clean)
                 if baseline:
                     add(baseline_name(), classical(_normalise(f.noisy_dn, profile), f.cfa, k, s2), f.clean)
-                for n, tag in ((1, ""), (ensemble, f"-x{ensemble}"))[: 1 + (ensemble > 1)]:
+                for n, tag in [(1, "")] + ([(ensemble, f"-x{ensemble}")] if ensemble > 1 else []):
                     kw = dict(cfa=f.cfa, black_level=black, white_level=profile.white_level, ensemble=n)
                     if dn.spec.ksigma is not None and not same:
                         out = dn.run(f.noisy_dn, noise=(k, s2), **kw)

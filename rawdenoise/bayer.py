@@ -172,18 +172,22 @@ def pack(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float,
         out = np.empty((4, h2, w2), dtype=np.float32)
     for ch in range(4):
         r, c = divmod(ch, 2)
-        b = black[g.frame_site(ch)]
-        dst = out[ch]
-        np.subtract(ext[r::2, c::2], np.float32(b), out=dst, dtype=np.float32, casting="unsafe")
-        if clip:
-            dst *= np.float32(1.0 / (white - b))
-            np.clip(dst, 0.0, 1.0, out=dst)
-        scale = gain if clip else gain / (white - b)
-        if scale != 1.0:
-            dst *= np.float32(scale)
-        if offset != 0.0:
-            dst += np.float32(offset)
+        _normalise(ext[r::2, c::2], out[ch], black[g.frame_site(ch)], white, clip, gain, offset)
     return out
+
+
+def _normalise(src: np.ndarray, dst: np.ndarray, b: float, white: float, clip: bool, gain: float,
+               offset: float) -> None:
+    """dst = (src - b) / (white - b) * gain + offset in float32, clipped to [0, 1] before the gain if `clip`."""
+    np.subtract(src, np.float32(b), out=dst, dtype=np.float32, casting="unsafe")
+    if clip:
+        dst *= np.float32(1.0 / (white - b))
+        np.clip(dst, 0.0, 1.0, out=dst)
+    scale = gain if clip else gain / (white - b)
+    if scale != 1.0:
+        dst *= np.float32(scale)
+    if offset != 0.0:
+        dst += np.float32(offset)
 
 
 def pack_rows(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float, starts, rows: int) -> np.ndarray:
@@ -217,34 +221,72 @@ def unpack(packed: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float
     `packed` may be any block of the packed frame whose top-left is at packed `origin`; its
     pixels are written into `out` (the whole frame), so tiles can be unpacked as they arrive.
     """
+    out = _output_frame(g, dtype, out)
+    for ch in range(4):
+        _unpack_site(packed[ch], origin, ch, g, black, white, gain, offset, out)
+    return out
+
+
+def _output_frame(g: BayerGeometry, dtype, out: np.ndarray | None) -> np.ndarray:
     dtype = np.dtype(dtype)
     if out is None:
-        out = np.empty((g.height, g.width), dtype=dtype)
-    elif out.shape != (g.height, g.width) or out.dtype != dtype:
-        raise InputError(f"unpack output must be {g.height} x {g.width} {dtype}, got {out.shape} {out.dtype}")
-    integer = dtype.kind in "ui"
-    work = np.float64 if dtype == np.float64 else np.float32
+        return np.empty((g.height, g.width), dtype=dtype)
+    if out.shape != (g.height, g.width) or out.dtype != dtype:
+        raise InputError(f"output frame must be {g.height} x {g.width} {dtype}, got {out.shape} {out.dtype}")
+    return out
+
+
+def _unpack_site(plane: np.ndarray, origin: tuple[int, int], ch: int, g: BayerGeometry, black: np.ndarray,
+                 white: float, gain: float, offset: float, out: np.ndarray) -> None:
+    """Write a block of the packed plane of channel `ch` (top-left at packed `origin`) into `out`."""
+    integer = out.dtype.kind in "ui"
+    work = np.float64 if out.dtype == np.float64 else np.float32
+    r, c = divmod(ch, 2)
+    b = black[g.frame_site(ch)]
     py, px = origin
-    bh, bw = packed.shape[1:]
+    # packed row i is frame row 2i + r - dy: keep the rows of this block inside the frame
+    # (the mirrored first row/column of the extension, and a mirrored last one, are dropped)
+    rows = _frame_lines(py, plane.shape[0], r - g.dy, g.height)
+    cols = _frame_lines(px, plane.shape[1], c - g.dx, g.width)
+    if not rows or not cols:
+        return
+    src = plane[rows.start - py:rows.stop - py, cols.start - px:cols.stop - px]
+    dst = out[2 * rows.start + r - g.dy::2, 2 * cols.start + c - g.dx::2][:len(rows), :len(cols)]
+    # (y - offset) / gain * (white - b) + b in one multiply-add
+    scale = (white - b) / gain
+    for blk in row_blocks(len(rows), np.dtype(work).itemsize * len(cols)):
+        val = np.multiply(src[blk], scale, dtype=work)
+        val += b - offset * scale
+        if integer:
+            round_to_sensor(val, white)
+        dst[blk] = val
+
+
+def to_mosaic(raw: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float, clip: bool = False,
+              gain: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """The one-channel counterpart of `pack`: float32 (1, H', W') at full resolution, in the model's
+    phase (the same one-pixel extension as packing), each site normalised with its own black level."""
+    ext = _extend(raw, g)
+    out = np.empty((1,) + ext.shape, np.float32)
     for ch in range(4):
         r, c = divmod(ch, 2)
-        b = black[g.frame_site(ch)]
-        # packed row i is frame row 2i + r - dy: keep the rows of this block inside the frame
-        # (the mirrored first row/column of the extension, and a mirrored last one, are dropped)
-        rows = _frame_lines(py, bh, r - g.dy, g.height)
-        cols = _frame_lines(px, bw, c - g.dx, g.width)
-        if not rows or not cols:
-            continue
-        src = packed[ch, rows.start - py:rows.stop - py, cols.start - px:cols.stop - px]
-        dst = out[2 * rows.start + r - g.dy::2, 2 * cols.start + c - g.dx::2][:len(rows), :len(cols)]
-        # (y - offset) / gain * (white - b) + b in one multiply-add
-        scale = (white - b) / gain
-        for blk in row_blocks(len(rows), np.dtype(work).itemsize * len(cols)):
-            val = np.multiply(src[blk], scale, dtype=work)
-            val += b - offset * scale
-            if integer:
-                round_to_sensor(val, white)
-            dst[blk] = val
+        _normalise(ext[r::2, c::2], out[0, r::2, c::2], black[g.frame_site(ch)], white, clip, gain, offset)
+    return out
+
+
+def from_mosaic(block: np.ndarray, g: BayerGeometry, black: np.ndarray, white: float, dtype=np.float32,
+                out: np.ndarray | None = None, gain: float = 1.0, offset: float = 0.0,
+                origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Inverse of `to_mosaic` for a (1, bh, bw) block at `origin` of the extended frame, written into
+    `out`; rounding as in `unpack`. Tile cores need not start on the 2x2 grid: each site's pixels
+    of the block form a block of that site's packed plane, which `unpack` already knows how to place."""
+    out = _output_frame(g, dtype, out)
+    py, px = origin
+    for ch in range(4):
+        r, c = divmod(ch, 2)
+        i0, j0 = (r - py) % 2, (c - px) % 2          # first line of this site inside the block
+        plane = block[0, i0::2, j0::2]
+        _unpack_site(plane, ((py + i0 - r) // 2, (px + j0 - c) // 2), ch, g, black, white, gain, offset, out)
     return out
 
 

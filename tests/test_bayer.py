@@ -184,3 +184,63 @@ def test_bad_levels(black, white, msg):
 def test_bad_frames(arr, msg):
     with pytest.raises(InputError, match=msg):
         bayer.check_bayer_array(arr)
+
+
+# ---- the one-channel mosaic layout --------------------------------------------------------------
+@pytest.mark.parametrize("frame_cfa", PHASES)
+@pytest.mark.parametrize("model_order", PHASES)
+@pytest.mark.parametrize("shape", [(8, 10), (9, 10), (8, 11), (7, 13), (2, 2)])
+def test_mosaic_is_in_the_model_phase_and_inverts_exactly(frame_cfa, model_order, shape):
+    h, w = shape
+    raw = code_frame(h, w, frame_cfa)
+    g = bayer.geometry(raw.shape, frame_cfa, model_order)
+    m = bayer.to_mosaic(raw, g, np.zeros(4), 2.0**23)
+    assert m.shape[0] == 1 and m.shape[1] % 2 == 0 and m.shape[2] % 2 == 0
+    site, row, col = decode(m[0])
+    want = site_names(model_order)
+    rr, cc = np.mgrid[0:m.shape[1], 0:m.shape[2]]
+    # every pixel carries the model's site for its position in the 2x2 grid
+    expected = np.array([SITE_CODE[n] for n in want])[2 * (rr % 2) + cc % 2]
+    np.testing.assert_array_equal(site, expected)
+    # pixels inside the frame are the frame's own, shifted by the extension in front
+    np.testing.assert_array_equal(row[g.dy:g.dy + h, g.dx:g.dx + w], rr[:h, :w])
+    np.testing.assert_array_equal(col[g.dy:g.dy + h, g.dx:g.dx + w], cc[:h, :w])
+    np.testing.assert_array_equal(bayer.from_mosaic(m, g, np.zeros(4), 2.0**23, dtype=np.uint32), raw)
+
+
+@pytest.mark.parametrize("frame_cfa", PHASES)
+def test_mosaic_equals_the_packed_planes_interleaved(frame_cfa, rng):
+    """Same normalisation as packing, site by site (per-site black, gain and offset)."""
+    raw = rng.integers(0, 4096, (11, 14)).astype(np.uint16)
+    black = np.array([60.0, 62.0, 64.0, 66.0])
+    g = bayer.geometry(raw.shape, frame_cfa, "GRBG")
+    packed = bayer.pack(raw, g, black, 4095.0, gain=1.7, offset=0.01)
+    m = bayer.to_mosaic(raw, g, black, 4095.0, gain=1.7, offset=0.01)
+    for ch in range(4):
+        r, c = divmod(ch, 2)
+        np.testing.assert_array_equal(m[0, r::2, c::2], packed[ch])
+
+
+@given(st.integers(2, 13), st.integers(2, 13), st.sampled_from(PHASES), st.sampled_from(PHASES),
+       st.integers(1, 5), st.integers(1, 5), st.sampled_from([np.uint16, np.float32, np.float64]))
+@settings(max_examples=60, deadline=None)
+def test_mosaic_blocks_of_any_parity_rebuild_the_frame(h, w, cfa, order, bh, bw, dtype):
+    """Tile cores can start at odd positions: writing blocks one by one equals the whole frame."""
+    rng = np.random.default_rng(h * 100 + w)
+    raw = (rng.integers(0, 1000, (h, w)) if dtype == np.uint16 else rng.random((h, w))).astype(dtype)
+    integer = dtype == np.uint16
+    black = np.array([1.0, 2.0, 3.0, 4.0]) * (1 if integer else 0.01)
+    white = 1000.0 if integer else 1.5
+    g = bayer.geometry(raw.shape, cfa, order)
+    m = bayer.to_mosaic(raw, g, black, white, gain=2.0, offset=0.5)
+    whole = bayer.from_mosaic(m, g, black, white, dtype=dtype, gain=2.0, offset=0.5)
+    out = np.zeros_like(whole)
+    for y0 in range(0, m.shape[1], bh):
+        for x0 in range(0, m.shape[2], bw):
+            bayer.from_mosaic(m[:, y0:y0 + bh, x0:x0 + bw], g, black, white, dtype=dtype, out=out,
+                              gain=2.0, offset=0.5, origin=(y0, x0))
+    np.testing.assert_array_equal(out, whole)
+    if integer:
+        np.testing.assert_array_equal(whole, raw)
+    else:
+        np.testing.assert_allclose(whole, raw, atol=1e-6)

@@ -76,10 +76,13 @@ def read_onnx(path) -> tuple[Any, ModelSpec, str, bool]:
     spec = ModelSpec.from_json(meta[METADATA_KEY])
     inits = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelFileError(f"{path} has {len(inputs)} inputs {inputs}; rawdenoise models take exactly one")
+    declared = {i.name for i in spec.inputs}
+    image = [n for n in inputs if n not in declared]
+    if len(image) != 1 or not declared <= set(inputs):
+        raise ModelFileError(f"{path} has inputs {inputs}; its manifest declares extra inputs {sorted(declared)}, "
+                             f"and every input but the image must be declared")
     qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    return model, spec, inputs[0], qdq
+    return model, spec, image[0], qdq
 
 
 def zero_points_are_zero(model) -> bool:
@@ -125,11 +128,14 @@ def _network(trt, builder, logger, onnx_file: Path, flags: int = 0):
     return network, parser
 
 
-def _config(trt, builder, profile: tb.Profile, input_name: str, workspace_mib: int, timing_cache: Path | None):
+def _config(trt, builder, profile: tb.Profile, input_name: str, workspace_mib: int, timing_cache: Path | None,
+            extra_profiles: dict | None = None):
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     prof = builder.create_optimization_profile()
     prof.set_shape(input_name, profile.min, profile.opt, profile.max)
+    for name, (lo, opt, hi) in (extra_profiles or {}).items():  # extra inputs follow the image's shape
+        prof.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(prof)
     cache = None
     if timing_cache is not None:
@@ -156,13 +162,13 @@ def _serialize(builder, network, config) -> bytes:
 
 
 def _build_trt10(trt, onnx_file: Path, input_name: str, profile: tb.Profile, precision: str, qdq: bool,
-                 opts: BuildOptions, calibrator) -> bytes:
+                 opts: BuildOptions, calibrator, extra_profiles: dict | None = None) -> bytes:
     """TensorRT 10.x: precision through builder flags; INT8 from Q/DQ nodes or the legacy calibrator."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _network(trt, builder, logger, onnx_file)
     tc = Path(opts.timing_cache) if opts.timing_cache else None
-    config, prof = _config(trt, builder, profile, input_name, opts.workspace_mib, tc)
+    config, prof = _config(trt, builder, profile, input_name, opts.workspace_mib, tc, extra_profiles)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # layers INT8 cannot take fall back to FP16, not FP32
     if precision == "int8":
@@ -175,13 +181,14 @@ def _build_trt10(trt, onnx_file: Path, input_name: str, profile: tb.Profile, pre
     return blob
 
 
-def _build_trt11(trt, onnx_file: Path, input_name: str, profile: tb.Profile, opts: BuildOptions) -> bytes:
+def _build_trt11(trt, onnx_file: Path, input_name: str, profile: tb.Profile, opts: BuildOptions,
+                 extra_profiles: dict | None = None) -> bytes:
     """TensorRT 11.x: always strongly typed, the ONNX file's types (casts, Q/DQ) set the precision."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _network(trt, builder, logger, onnx_file)
     tc = Path(opts.timing_cache) if opts.timing_cache else None
-    config, _ = _config(trt, builder, profile, input_name, opts.workspace_mib, tc)
+    config, _ = _config(trt, builder, profile, input_name, opts.workspace_mib, tc, extra_profiles)
     blob = _serialize(builder, network, config)
     _save_timing_cache(config, tc)
     return blob
@@ -247,6 +254,10 @@ def build_engine(onnx_path, output, opts: BuildOptions | None = None, *, trt=Non
         )
     profile = tb.derive_profile(spec, tile=opts.tile, batch=opts.batch, min_shape=opts.min_shape,
                                 opt_shape=opts.opt_shape, max_shape=opts.max_shape)
+    extra_profiles = tb.input_profiles(spec, profile)
+    if opts.precision == "int8" and not qdq and extra_profiles:
+        raise InputError(f"INT8 calibration of a model with extra inputs ({', '.join(extra_profiles)}) is not "
+                         f"supported; build FP32 or FP16")
     if opts.precision == "int8" and not qdq and not opts.calib:
         raise InputError(
             "--int8 needs calibration data: pass --calib RAW_FILES (files, folders or globs), or build from a "
@@ -286,14 +297,14 @@ def build_engine(onnx_path, output, opts: BuildOptions | None = None, *, trt=Non
             elif opts.precision == "fp16":
                 src = Path(tmpd) / "model.fp16.onnx"
                 convert_fp16(onnx_path, src)
-            blob = _build_trt11(trt, src, input_name, profile, opts)
+            blob = _build_trt11(trt, src, input_name, profile, opts, extra_profiles)
         else:
             if tiles is not None:
                 cache_file = Path(opts.calib_cache) if opts.calib_cache else output.with_name(output.name + ".calib")
                 calibrator = make_calibrator_trt10(trt, tiles, profile.opt[0], cache_file)
                 notes = {"calibration": {"sources": tiles.source_hashes(), "cache": str(cache_file),
                                          "method": "entropy2 (TensorRT)"}}
-            blob = _build_trt10(trt, src, input_name, profile, opts.precision, qdq, opts, calibrator)
+            blob = _build_trt10(trt, src, input_name, profile, opts.precision, qdq, opts, calibrator, extra_profiles)
 
     info = tb.BuildInfo(tb.version_family(version), gpu.name, gpu.compute_capability, profile, opts.precision,
                         onnx_sha, key, notes)

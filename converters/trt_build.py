@@ -114,6 +114,13 @@ class Profile:
             raise ModelFileError(f"bad optimisation profile {d!r}: {e}") from None
 
 
+def input_profiles(spec: ModelSpec, profile: Profile) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shapes of every extra input the manifest declares, derived from the image
+    profile: a map of stride s is (N, C, H/s, W/s), a per-image vector (N, C)."""
+    return {i.name: tuple(i.shape(shape[0], shape[2], shape[3]) for shape in (profile.min, profile.opt, profile.max))
+            for i in spec.inputs}
+
+
 def parse_shape(text: str) -> Shape:
     """'1x4x256x256' or '1,4,256,256' -> (1, 4, 256, 256)."""
     parts = [p for p in re.split(r"[x,X\s]+", str(text).strip()) if p]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from . import bayer, rgb
 from .ensemble import orientations, run_ensemble
-from .errors import InputError
+from .errors import InputError, UnboundedContextWarning
+from .extra_inputs import InputFiller, check_explicit
 from .spec import ModelSpec
-from .tiling import plan_tiles, run_tiled
+from .tiling import plan_tiles, round_up, run_tiled
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Prepared:
     geometry: bayer.BayerGeometry | None
     gain: float                   # network_input = normalised * gain + offset
     offset: float
+    shape: tuple[int, ...] = ()   # the input frame's shape (the output has it too)
+    noise: tuple[float, float] | None = None  # (k, sigma^2) in normalised units, where the model needs it
 
 
 def _frame_fields(raw) -> tuple[np.ndarray, dict[str, Any]]:
@@ -69,7 +73,7 @@ class Denoiser:
     """
 
     def __init__(self, runner, *, tile: int | None = None, overlap: int | None = None,
-                 batch: int | None = None, blend: str = "crop"):
+                 batch: int | None = None, blend: str | None = None):
         runner.activate()
         self.runtime = runner
         self.spec: ModelSpec = runner.spec
@@ -81,16 +85,28 @@ class Denoiser:
             self.tile: int | tuple[int, int] = static
         else:
             self.tile = s.tile if tile is None else int(tile)
-        self.overlap = s.receptive_radius if overlap is None else int(overlap)
+        self.overlap = (s.receptive_radius if not s.unbounded else self._feather_overlap()) \
+            if overlap is None else int(overlap)
         static_batch = getattr(runner, "static_batch", lambda: None)()
         if static_batch and batch not in (None, static_batch):
             raise InputError(f"this model was built for batch {static_batch}; batch={batch} cannot run on it")
         self.batch = static_batch or (runner.preferred_batch() if batch is None else int(batch))
         if self.batch < 1 or self.overlap < 0:
             raise InputError(f"batch must be >= 1 and overlap >= 0, got batch={self.batch} overlap={self.overlap}")
-        self.blend = blend
+        # a model with global context (no finite receptive radius) cannot be tiled exactly: blend
+        self.blend = blend or ("feather" if s.unbounded else "crop")
+        if s.unbounded and self.tile != 0:
+            warnings.warn(f"{s.name}: the receptive field is unbounded ({s.notes.get('unbounded_by', 'global context')}), "
+                          f"so tiles of {self.tile} are blended with feathered ramps over {self.overlap} pixels and "
+                          f"differ slightly from one pass over the whole frame; pass tile=0 for that",
+                          UnboundedContextWarning, stacklevel=3)
         # validate tile/overlap now rather than on the first frame
         plan_tiles(4 * s.multiple, 4 * s.multiple, tile=self.tile, overlap=self.overlap, multiple=s.multiple)
+
+    def _feather_overlap(self) -> int:
+        """Overlap (and ramp width) of feathered tiles: an eighth of the tile, on the model's grid."""
+        t = self.tile if isinstance(self.tile, int) else min(self.tile)
+        return round_up(max(t // 8, 1), self.spec.multiple)
 
     @classmethod
     def load(cls, path, *, runtime: str | None = None, device: str | None = None, tile: int | None = None,
@@ -135,7 +151,7 @@ class Denoiser:
         white = white_level if white_level is not None else meta.get("white_level")
         iso_from_file = iso is None and meta.get("iso") is not None
         iso = iso if iso is not None else meta.get("iso")
-        if s.layout == "bayer4":
+        if s.bayer:
             if cfa is None:
                 raise InputError(
                     "cfa is required for a numpy Bayer frame: pass cfa='RGGB' (or BGGR, GRBG, GBRG), "
@@ -153,7 +169,7 @@ class Denoiser:
                     f"value in DN (e.g. 16383 for a 14-bit sensor), and black_level with it"
                 )
         if black is None:
-            if data.dtype.kind in "ui" and s.layout == "bayer4":
+            if data.dtype.kind in "ui" and s.bayer:
                 raise InputError(
                     f"black_level is required for a {data.dtype} Bayer frame: the sensor's black "
                     f"offset in DN (a scalar or 4 values in the 2x2 order of the cfa; 0 if already subtracted)"
@@ -172,28 +188,45 @@ class Denoiser:
             return None
         return levels.iso
 
-    def _affine(self, x: np.ndarray | None, levels: Levels, noise) -> tuple[float, float]:
+    def _noise(self, lv: Levels, noise, estimate) -> tuple[float, float] | None:
+        """The frame's (k, sigma^2) in normalised units, where the model needs it and no ISO serves.
+
+        A k-sigma model given an ISO uses the manifest's coefficients directly (`_affine`); a model
+        that takes the noise level as an input gets it from the same coefficients. Otherwise it is
+        estimated from the frame itself (`estimate()`).
+        """
+        s = self.spec
+        takes_noise = any(i.kind == "noise_level" for i in s.inputs)
+        if noise is not None:
+            return tuple(float(v) for v in noise)
+        if s.ksigma is None and not takes_noise:
+            return None
+        iso = self._iso(lv)
+        if iso is not None and s.ksigma is not None:
+            return s.ksigma.noise(iso) if takes_noise else None
+        if iso is not None and not lv.iso_from_file:
+            raise InputError(f"this model's manifest has no noise coefficients to turn iso={iso:g} into noise "
+                             f"levels; pass noise=(k, sigma2) in normalised units, or no ISO to estimate it "
+                             f"from the frame")
+        return estimate()
+
+    def _affine(self, levels: Levels, noise) -> tuple[float, float]:
         """network_input = normalised * gain + offset (k-sigma transform and manifest scaling).
 
-        The k-sigma transform needs the frame's noise: explicit `noise` (k, sigma^2 in normalised
-        units) wins, then the ISO with the manifest's coefficients, else it is estimated from the
-        frame itself. A model whose manifest says `noise_source="frame"` was not fitted to the
-        camera that wrote the file, so a file's ISO is not used for it (only an explicit one).
+        The k-sigma transform needs the frame's noise: explicit or estimated `noise` (k, sigma^2 in
+        normalised units), else the ISO with the manifest's coefficients. A model whose manifest
+        says `noise_source="frame"` was not fitted to the camera that wrote the file, so a file's
+        ISO is not used for it (only an explicit one).
         """
         s = self.spec
         gain, offset = 1.0, 0.0
         ks = s.ksigma
         if ks is not None:
-            iso = self._iso(levels)
-            if noise is None and iso is None:
-                from .noise import estimate_noise
-
-                noise = estimate_noise(x)
             if noise is not None:
-                k, s2 = (float(v) for v in noise)
+                k, s2 = noise
                 gain, offset = ks.gain_offset(k=k * ks.v, sigma=s2 * ks.v ** 2)
             else:
-                gain, offset = ks.gain_offset(iso=iso)
+                gain, offset = ks.gain_offset(iso=self._iso(levels))
         return gain * s.scale, offset * s.scale + s.offset
 
     def prepare(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None) -> "Prepared":
@@ -206,31 +239,46 @@ class Denoiser:
 
     def _prepare_fields(self, data: np.ndarray, meta: dict, cfa, black_level, white_level, iso, noise) -> "Prepared":
         s = self.spec
-        if s.layout == "bayer4":
+        if s.bayer:
             bayer.check_bayer_array(data)
         else:
-            rgb.check_rgb_array(data)
+            rgb.check_rgb_array(data, s.in_channels)
         lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
         geom = None
-        if s.layout == "bayer4":
+        if s.bayer:
             geom = bayer.geometry(data.shape, lv.cfa, s.channel_order)
-            if s.ksigma is not None and noise is None and self._iso(lv) is None:
-                # blind: the noise is read from the Bayer frame itself, so that the input scaling
-                # that depends on it still folds into the one packing pass
-                from .noise import estimate_noise_bayer
+            # blind: the noise is read from the Bayer frame itself, so that the input scaling
+            # that depends on it still folds into the one packing pass
+            from .noise import estimate_noise_bayer
 
-                noise = estimate_noise_bayer(data, geom, lv.black, lv.white)
-            gain, offset = self._affine(None, lv, noise)
-            x = bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input, gain=gain, offset=offset)
+            noise = self._noise(lv, noise, lambda: estimate_noise_bayer(data, geom, lv.black, lv.white))
+            gain, offset = self._affine(lv, noise)
+            x = self.encode(data, lv, geom, gain, offset)
         else:
-            x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
-            if s.clip_input:
-                np.clip(x, 0.0, 1.0, out=x)
-            gain, offset = self._affine(x, lv, noise)
+            x = self.encode(data, lv, None, 1.0, 0.0)
+            from .noise import estimate_noise
+
+            noise = self._noise(lv, noise, lambda: estimate_noise(x))
+            gain, offset = self._affine(lv, noise)
             if (gain, offset) != (1.0, 0.0):
                 x *= np.float32(gain)
                 x += np.float32(offset)
-        return Prepared(x, data.dtype, lv, geom, gain, offset)
+        return Prepared(x, data.dtype, lv, geom, gain, offset, data.shape, noise)
+
+    def encode(self, data: np.ndarray, lv: Levels, geom, gain: float, offset: float) -> np.ndarray:
+        """The frame as network input in the model's layout, normalised and scaled (`* gain + offset`)."""
+        s = self.spec
+        if s.layout == "bayer4":
+            return bayer.pack(data, geom, lv.black, lv.white, clip=s.clip_input, gain=gain, offset=offset)
+        if s.layout == "mosaic":
+            return bayer.to_mosaic(data, geom, lv.black, lv.white, clip=s.clip_input, gain=gain, offset=offset)
+        x = rgb.to_planar(data, float(lv.black[0]), lv.white, s.channel_order)
+        if s.clip_input:
+            np.clip(x, 0.0, 1.0, out=x)
+        if (gain, offset) != (1.0, 0.0):
+            x *= np.float32(gain)
+            x += np.float32(offset)
+        return x
 
     def plan(self, x: np.ndarray):
         """The tile plan `run` uses for a network-input frame `x` (C, h, w)."""
@@ -242,7 +290,7 @@ class Denoiser:
         """The second half of `run`: residual, inverse scaling, unpack, de-normalise, cast (in place on y)."""
         s = self.spec
         lv = p.levels
-        if s.layout == "bayer4":
+        if s.bayer:
             out = np.empty((p.geometry.height, p.geometry.width), p.dtype)
             self._finish_block(y, 0, 0, p, out)
             return out
@@ -251,31 +299,47 @@ class Denoiser:
         if (p.gain, p.offset) != (1.0, 0.0):
             y -= np.float32(p.offset)
             y *= np.float32(1.0 / p.gain)
-        return rgb.from_planar(y, float(lv.black[0]), lv.white, p.dtype, s.channel_order)
+        return rgb.from_planar(y, float(lv.black[0]), lv.white, p.dtype, s.channel_order,
+                               shape=p.shape if s.out_channels == s.in_channels else None)
 
     def _finish_block(self, y: np.ndarray, y0: int, x0: int, p: "Prepared", out: np.ndarray) -> None:
-        """`finish` for the block of network output at packed (y0, x0), written into `out`."""
+        """`finish` for the block of network output at (y0, x0) of the network input, written into `out`."""
         s = self.spec
         if s.output == "residual":
             skip = p.x[: s.out_channels, y0:y0 + y.shape[1], x0:x0 + y.shape[2]]
             y = np.add(y, skip, out=y) if y.flags.writeable else y + skip
         lv = p.levels
-        bayer.unpack(y, p.geometry, lv.black, lv.white, dtype=p.dtype, out=out, gain=p.gain, offset=p.offset,
-                     origin=(y0, x0))
+        to_frame = bayer.unpack if s.layout == "bayer4" else bayer.from_mosaic
+        to_frame(y, p.geometry, lv.black, lv.white, dtype=p.dtype, out=out, gain=p.gain, offset=p.offset,
+                 origin=(y0, x0))
 
-    def infer(self, x: np.ndarray, *, progress: bool = False, sink=None) -> np.ndarray | None:
+    def input_filler(self, p: "Prepared", inputs: Mapping[str, np.ndarray] | None = None,
+                     draw: int = 0) -> InputFiller | None:
+        """What fills the model's extra inputs for the tiles of prepared frame `p` (None: it has none)."""
+        if not self.spec.inputs:
+            if inputs:
+                check_explicit(self.spec, p.x.shape[1:], inputs)  # names the inputs the model does not have
+            return None
+        return InputFiller(self.spec, p.x.shape[1:], noise=p.noise, gain=p.gain, offset=p.offset,
+                           explicit=inputs, draw=draw)
+
+    def infer(self, x: np.ndarray, *, progress: bool = False, sink=None, inputs=None) -> np.ndarray | None:
         """Network output for a whole network-input frame `x` (C, h, w), tiled and batched; with
-        `sink`, each tile's kept core goes to `sink(core, y0, x0)` instead (see `run_tiled`)."""
+        `sink`, each tile's kept core goes to `sink(core, y0, x0)` instead (see `run_tiled`);
+        `inputs` fills the model's extra inputs per batch of tiles (`input_filler`)."""
         return run_tiled(self.runtime.infer, x, self.plan(x), batch=self.batch, out_channels=self.spec.out_channels,
-                         blend=self.blend, progress=progress, sink=sink)
+                         blend=self.blend, progress=progress, sink=sink, inputs=inputs)
 
     def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
-            ensemble: int = 1, progress: bool = False) -> np.ndarray:
+            inputs: Mapping[str, np.ndarray] | None = None, ensemble: int = 1, progress: bool = False) -> np.ndarray:
         """Denoise one frame; returns the same shape and dtype, in sensor units.
 
-        `raw` is a 2-D Bayer array (H x W x 3 for RGB models), a RawFrame, or a RAW file path.
+        `raw` is a 2-D Bayer array (H x W x 3 for RGB models, H x W for grayscale), a RawFrame, or a
+        RAW file path.
         `noise` = (k, sigma^2): the frame's Poisson-Gaussian parameters in normalised [0, 1] units,
         for models conditioned on the noise level (otherwise from `iso` or estimated).
+        `inputs`: whole-frame values for extra inputs the manifest declares, by name, instead of the
+        SDK's own (at the input's declared resolution of the network input; see `ModelSpec.inputs`).
         `ensemble` = 2, 4 or 8 averages the outputs over that many orientations of the frame
         (rawdenoise.ensemble), at that many times the cost.
         The input is never written to.
@@ -284,13 +348,19 @@ class Denoiser:
         data, meta = _frame_fields(raw)
         p = self._prepare_fields(data, meta, cfa, black_level, white_level, iso, noise)
         if ensemble != 1:
+            if inputs:
+                raise InputError("ensemble averages over turned frames, and explicit inputs cannot be turned with "
+                                 "them; drop inputs= or ensemble=")
             return run_ensemble(self, data, p, ensemble, progress=progress)
-        if self.spec.layout == "bayer4" and self.blend == "crop":
+        fill = self.input_filler(p, inputs)
+        if self.spec.bayer and self.blend == "crop":
             # each tile is unpacked into the output as it arrives: no float frame is stitched
             out = np.empty((p.geometry.height, p.geometry.width), p.dtype)
-            self.infer(p.x, progress=progress, sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
+            self.infer(p.x, progress=progress, inputs=fill,
+                       sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
             return out
-        return self.finish(self.infer(p.x, progress=progress), p)
+        return self.finish(self.infer(p.x, progress=progress, inputs=fill), p)
 
     def __repr__(self) -> str:
-        return f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} batch={self.batch}>"
+        return (f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} "
+                f"batch={self.batch} blend={self.blend}>")

@@ -73,13 +73,13 @@ def _prepare_oriented(dn, p, data: np.ndarray, o):
         return replace(p, dtype=f32)
     if p.geometry is None:                                  # planar RGB: turning the planes is exact
         x = np.ascontiguousarray(orient(p.x.transpose(1, 2, 0), o).transpose(2, 0, 1))
-        return replace(p, x=x, dtype=f32)
+        return replace(p, x=x, dtype=f32, shape=orient(data, o).shape)
     sites = oriented_sites(data.shape, o).ravel()
     lv = replace(p.levels, cfa="".join(p.levels.cfa[i] for i in sites), black=p.levels.black[sites])
     turned = orient(data, o)
     g = bayer.geometry(turned.shape, lv.cfa, dn.spec.channel_order)
-    x = bayer.pack(turned, g, lv.black, lv.white, clip=dn.spec.clip_input, gain=p.gain, offset=p.offset)
-    return replace(p, x=x, dtype=f32, levels=lv, geometry=g)
+    x = dn.encode(turned, lv, g, p.gain, p.offset)
+    return replace(p, x=x, dtype=f32, levels=lv, geometry=g, shape=turned.shape)
 
 
 def run_ensemble(dn, data: np.ndarray, p, n: int, *, progress: bool = False) -> np.ndarray:
@@ -88,7 +88,7 @@ def run_ensemble(dn, data: np.ndarray, p, n: int, *, progress: bool = False) -> 
     acc = None
     for o in orientations(n):
         q = _prepare_oriented(dn, p, data, o)
-        out = unorient(dn.finish(dn.infer(q.x, progress=progress), q), o)
+        out = unorient(dn.finish(dn.infer(q.x, progress=progress, inputs=dn.input_filler(q)), q), o)
         acc = out.astype(work) if acc is None else np.add(acc, out, out=acc)
     acc /= n
     if p.dtype.kind in "ui":

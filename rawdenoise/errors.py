@@ -34,6 +34,10 @@ class ConversionError(RawDenoiseError):
     """A model or weight conversion failed (name/shape mismatch, parity failure...)."""
 
 
+class UnboundedContextWarning(UserWarning):
+    """A model with global context is tiled: tiles are blended, not exact (tile=0 runs one pass)."""
+
+
 def missing(package: str, extra: str, purpose: str) -> MissingDependencyError:
     """Build the standard error for an optional package that is not installed."""
     return MissingDependencyError(

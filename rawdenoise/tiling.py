@@ -20,9 +20,11 @@ import numpy as np
 
 from .errors import InputError
 
-Predictor = Callable[[np.ndarray], np.ndarray]
+Predictor = Callable[..., np.ndarray]
 # receives a tile's kept core (C_out, rows, cols) and its top-left in the frame
 TileSink = Callable[[np.ndarray, int, int], None]
+# a network's extra inputs for a batch of tiles and their top-left corners in the frame
+InputFill = Callable[[np.ndarray, list], dict]
 
 
 def round_up(n: int, m: int) -> int:
@@ -157,7 +159,7 @@ def _reflect_index(start: int, n: int, size: int) -> np.ndarray:
     return np.where(i >= size, period - i, i)
 
 
-def _fetch(x: np.ndarray, y0: int, x0: int, th: int, tw: int, dst: np.ndarray) -> None:
+def fetch_tile(x: np.ndarray, y0: int, x0: int, th: int, tw: int, dst: np.ndarray) -> None:
     """Copy the tile at (y0, x0) of the reflect-padded frame into dst without padding the frame.
 
     The part inside the frame is a plain slice copy; only the rows and columns beyond its bottom
@@ -189,10 +191,13 @@ def _ramp(n: int, width: int, lead: bool, trail: bool) -> np.ndarray:
 
 def run_tiled(predict: Predictor, x: np.ndarray, plan: TilePlan, *, batch: int = 1,
               out_channels: int | None = None, blend: str = "crop", progress: bool = False,
-              out: np.ndarray | None = None, sink: TileSink | None = None) -> np.ndarray | None:
+              out: np.ndarray | None = None, sink: TileSink | None = None,
+              inputs: InputFill | None = None) -> np.ndarray | None:
     """Run `predict` over the tiles of `plan` and stitch a (out_channels, H, W) float32 result.
 
-    `predict` maps float32 (N, C, th, tw) to (N, C_out, th, tw). `blend="crop"` keeps each pixel
+    `predict` maps float32 (N, C, th, tw) to (N, C_out, th, tw); with `inputs`, it is called as
+    `predict(batch, inputs(batch, origins))`, the network's extra inputs for those tiles (origins are
+    the tiles' top-left corners in the frame). `blend="crop"` keeps each pixel
     from one tile (exact); `blend="feather"` averages overlapping tiles with linear ramps, for
     models with global context where no overlap makes tiles exact. With `sink` (crop only), each
     tile's kept core goes to `sink(core, y0, x0)` as it arrives and no frame is stitched here:
@@ -226,8 +231,12 @@ def run_tiled(predict: Predictor, x: np.ndarray, plan: TilePlan, *, batch: int =
         for first in range(0, len(tiles), buf.shape[0]):
             group = tiles[first:first + buf.shape[0]]
             for k, (y0, x0, _, _) in enumerate(group):
-                _fetch(x, y0, x0, th, tw, buf[k])
-            pred = np.asarray(predict(buf[:len(group)]))
+                fetch_tile(x, y0, x0, th, tw, buf[k])
+            tiles_in = buf[:len(group)]
+            if inputs is None:
+                pred = np.asarray(predict(tiles_in))
+            else:
+                pred = np.asarray(predict(tiles_in, inputs(tiles_in, [(y0, x0) for y0, x0, _, _ in group])))
             if pred.shape != (len(group), co, th, tw):
                 raise InputError(
                     f"predictor returned shape {pred.shape}, expected {(len(group), co, th, tw)}"
@@ -272,5 +281,5 @@ def iter_tiles(x: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, np.nda
     th, tw = plan.tile_shape
     for y0, x0, _, _ in plan.tiles():
         dst = np.empty((c, th, tw), dtype=np.float32)
-        _fetch(x, y0, x0, th, tw, dst)
+        fetch_tile(x, y0, x0, th, tw, dst)
         yield y0, x0, dst

@@ -55,8 +55,12 @@ class Runner:
         self.deactivate()
 
     # ---- inference ------------------------------------------------------------------------
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, C, H, W) -> float32 (N, C_out, H, W). Thread-safe for concurrent calls."""
+    def infer(self, batch: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """float32 (N, C, H, W) -> float32 (N, C_out, H, W). Thread-safe for concurrent calls.
+
+        `inputs`: the model's extra inputs by name (every one its manifest declares), each of the
+        shape `ExtraInput.shape(N, H, W)`.
+        """
         if not self.is_active:
             raise InputError(f"{self.name} runner is not active; call activate() or use it as a context manager")
         if not isinstance(batch, np.ndarray) or batch.ndim != 4:
@@ -64,12 +68,27 @@ class Runner:
         if batch.shape[1] != self.spec.in_channels:
             raise InputError(f"model takes {self.spec.in_channels} channels, batch has {batch.shape[1]}")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        inputs = self._check_inputs(batch.shape, inputs or {})
         t0 = time.perf_counter()
-        out = self.infer_impl(batch)
+        out = self.infer_impl(batch, inputs) if inputs else self.infer_impl(batch)
         dt = time.perf_counter() - t0
         self.last_inference_time = dt
         self.total_inference_time += dt
         self.calls += 1
+        return out
+
+    def _check_inputs(self, shape, inputs: dict) -> dict[str, np.ndarray]:
+        declared = self.spec.inputs
+        if set(inputs) != {i.name for i in declared}:
+            raise InputError(f"this model's extra inputs are {[i.name for i in declared]}, got {sorted(inputs)}")
+        n, _, h, w = shape
+        out = {}
+        for inp in declared:
+            a = np.ascontiguousarray(inputs[inp.name], dtype=np.float32)
+            if a.shape != inp.shape(n, h, w):
+                raise InputError(f"input {inp.name!r} must have shape {inp.shape(n, h, w)} for a batch of "
+                                 f"{tuple(shape)}, got {a.shape}")
+            out[inp.name] = a
         return out
 
     @property
@@ -92,7 +111,8 @@ class Runner:
     def activate_impl(self) -> None:
         raise NotImplementedError
 
-    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """`inputs` holds the checked extra inputs; it is passed only to models that declare some."""
         raise NotImplementedError
 
     def deactivate_impl(self) -> None:

@@ -24,6 +24,27 @@ def _dim(d) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+def image_and_extra_inputs(graph_inputs, spec: ModelSpec, path) -> tuple[Any, dict[str, Any]]:
+    """The image input (the one input the manifest does not declare as extra) and the extra ones."""
+    declared = {i.name for i in spec.inputs}
+    by_name = {t.name: t for t in graph_inputs}
+    missing_inputs = sorted(declared - set(by_name))
+    if missing_inputs:
+        raise ModelFileError(f"{Path(path).name}: the manifest declares inputs {missing_inputs} that the model "
+                             f"does not have (its inputs: {sorted(by_name)})")
+    image = [t for t in graph_inputs if t.name not in declared]
+    if len(image) != 1:
+        raise ModelFileError(
+            f"{Path(path).name} has inputs {sorted(by_name)}; all but the image must be declared in the manifest's "
+            f"'inputs' (with how to fill them), and {len(image)} are not")
+    channels = _dim(image[0].shape[1]) if len(image[0].shape) == 4 else None
+    if len(image[0].shape) != 4 or (channels is not None and channels != spec.in_channels):
+        raise ModelFileError(
+            f"{Path(path).name}: image input {image[0].name!r} has shape {image[0].shape}, but its {spec.layout} "
+            f"manifest says N x {spec.in_channels} x H x W; fix the manifest's layout/in_channels")
+    return image[0], {n: by_name[n] for n in declared}
+
+
 class OrtRunner(Runner):
     name = "onnxruntime"
 
@@ -63,13 +84,15 @@ class OrtRunner(Runner):
                     f"python -m converters.torch2onnx, or pass spec=ModelSpec(...)"
                 )
             self.spec = ModelSpec.from_json(meta[METADATA_KEY])
-        self._input = self.session.get_inputs()[0]
+        self._input, extra = image_and_extra_inputs(self.session.get_inputs(), self.spec, path)
         self._output = self.session.get_outputs()[0]
-        self._half = self._input.type == "tensor(float16)"
+        # float16 models (converted for TensorRT/CUDA) take half inputs
+        self._half = {t.name for t in (self._input, *extra.values()) if t.type == "tensor(float16)"}
 
-    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        x = batch.astype(np.float16) if self._half else batch
-        (y,) = self.session.run([self._output.name], {self._input.name: x})
+    def infer_impl(self, batch: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        feed = {self._input.name: batch, **(inputs or {})}
+        feed = {k: v.astype(np.float16) if k in self._half else v for k, v in feed.items()}
+        (y,) = self.session.run([self._output.name], feed)
         return y if y.dtype == np.float32 else y.astype(np.float32)
 
     def deactivate_impl(self) -> None:

@@ -51,12 +51,15 @@ class TorchRunner(Runner):
             module = module.to(memory_format=torch.channels_last)
         self.module = module
 
-    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device, self._dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # extra inputs follow the image as positional arguments, in the manifest's order
+        extra = [torch.from_numpy(inputs[i.name]).to(self.device, self._dtype) for i in self.spec.inputs] \
+            if inputs else []
         with torch.inference_mode():
-            y = self.module(x)
+            y = self.module(x, *extra)
         return y.float().cpu().contiguous().numpy()
 
     def deactivate_impl(self) -> None:
@@ -69,5 +72,7 @@ class TorchRunner(Runner):
 
     def io(self) -> dict[str, list[dict[str, Any]]]:
         s = self.spec
-        return {"inputs": [{"name": "input", "shape": [None, s.in_channels, None, None], "dtype": "float32"}],
+        extra = [{"name": i.name, "shape": [None, i.channels] + ([None, None] if i.stride else []), "dtype": "float32"}
+                 for i in s.inputs]
+        return {"inputs": [{"name": "input", "shape": [None, s.in_channels, None, None], "dtype": "float32"}] + extra,
                 "outputs": [{"name": "output", "shape": [None, s.out_channels, None, None], "dtype": "float32"}]}

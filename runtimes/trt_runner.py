@@ -180,7 +180,7 @@ class TrtRunner(Runner):
         self.engine = None
         self.context = None
         self._lock = threading.Lock()
-        self._buffers: OrderedDict[tuple, tuple[DeviceBuffer, DeviceBuffer]] = OrderedDict()
+        self._buffers: OrderedDict[tuple, dict[str, DeviceBuffer]] = OrderedDict()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -209,42 +209,48 @@ class TrtRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelFileError(f"{path.name} has inputs {inputs} and outputs {outputs}; rawdenoise engines have one of each")
-        self._in, self._out = inputs[0], outputs[0]
-        self._in_dtype = _np_dtype(self.engine.get_tensor_dtype(self._in))
-        self._out_dtype = _np_dtype(self.engine.get_tensor_dtype(self._out))
+        declared = [i.name for i in self.spec.inputs]
+        image = [n for n in inputs if n not in declared]
+        if len(image) != 1 or sorted(inputs) != sorted(image + declared) or not outputs:
+            raise ModelFileError(f"{path.name} has inputs {inputs} and outputs {outputs}; its manifest declares "
+                                 f"extra inputs {declared}, and every input but the image must be declared")
+        self._in, self._out = image[0], outputs[0]
+        self._extra = declared
+        self._dtypes = {n: _np_dtype(self.engine.get_tensor_dtype(n)) for n in [self._in, *declared, self._out]}
         lo, opt, hi = (tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self._in, 0))
         self.profile = tb.Profile(lo, opt, hi)
         self.context = self.engine.create_execution_context()
         self._cuda = cuda_backend(self.device_index)
 
     def deactivate_impl(self) -> None:
-        for a, b in self._buffers.values():
-            a.free()
-            b.free()
+        for bufs in self._buffers.values():
+            for b in bufs.values():
+                b.free()
         self._buffers.clear()
         self.context = None
         self.engine = None
 
     # ---- inference ----------------------------------------------------------------------------------
-    def _buffers_for(self, shape: tuple[int, int, int, int]) -> tuple[DeviceBuffer, DeviceBuffer, tuple]:
-        if shape in self._buffers:
-            self._buffers.move_to_end(shape)
-            bufs = self._buffers[shape]
-            return bufs[0], bufs[1], bufs[1].shape
-        if not self.context.set_input_shape(self._in, shape):
-            raise InputError(f"TensorRT rejected input shape {shape} (profile {self.profile.to_dict()})")
+    def _buffers_for(self, shapes: dict[str, tuple]) -> dict[str, DeviceBuffer]:
+        """Device buffers for the inputs of these shapes and the output they give, reused per shape set."""
+        key = tuple(sorted(shapes.items()))
+        if key in self._buffers:
+            self._buffers.move_to_end(key)
+            return self._buffers[key]
+        for name, shape in shapes.items():
+            if not self.context.set_input_shape(name, shape):
+                raise InputError(f"TensorRT rejected input {name!r} of shape {shape} (profile {self.profile.to_dict()})")
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self._out))
-        bufs = (self._cuda.alloc(shape, self._in_dtype), self._cuda.alloc(out_shape, self._out_dtype))
-        self._buffers[shape] = bufs
+        bufs = {n: self._cuda.alloc(shape, self._dtypes[n]) for n, shape in shapes.items()}
+        bufs[self._out] = self._cuda.alloc(out_shape, self._dtypes[self._out])
+        self._buffers[key] = bufs
         while len(self._buffers) > _KEEP_SHAPES:
-            _, (a, b) = self._buffers.popitem(last=False)
-            a.free()
-            b.free()
-        return bufs[0], bufs[1], out_shape
+            _, old = self._buffers.popitem(last=False)
+            for b in old.values():
+                b.free()
+        return bufs
 
-    def _run_chunk(self, x: np.ndarray) -> np.ndarray:
+    def _run_chunk(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         shape = tuple(int(d) for d in x.shape)
         if not self.profile.contains(shape):
             raise InputError(
@@ -252,22 +258,25 @@ class TrtRunner(Runner):
                 f"use tiles of {self.profile.opt[2]} x {self.profile.opt[3]} or rebuild with python -m converters.onnx2trt "
                 f"--min-shape/--opt-shape/--max-shape"
             )
-        inp, out, _ = self._buffers_for(shape)
-        self.context.set_input_shape(self._in, shape)
-        self.context.set_tensor_address(self._in, inp.ptr)
-        self.context.set_tensor_address(self._out, out.ptr)
-        inp.copy_from_host(x.astype(self._in_dtype, copy=False))  # FP16 engines take half I/O
+        host = {self._in: x, **inputs}
+        bufs = self._buffers_for({n: tuple(int(d) for d in a.shape) for n, a in host.items()})
+        for name, arr in host.items():
+            self.context.set_input_shape(name, arr.shape)
+            self.context.set_tensor_address(name, bufs[name].ptr)
+            bufs[name].copy_from_host(arr.astype(self._dtypes[name], copy=False))  # FP16 engines take half I/O
+        self.context.set_tensor_address(self._out, bufs[self._out].ptr)
         if not self.context.execute_async_v3(self._cuda.stream_handle):
             raise InputError(f"TensorRT failed to run a batch of shape {shape}")
-        y = out.copy_to_host()
-        return y.astype(np.float32, copy=False)
+        return bufs[self._out].copy_to_host().astype(np.float32, copy=False)
 
-    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
         max_n = self.profile.max[0]
+        inputs = inputs or {}
         with self._lock:
             if batch.shape[0] <= max_n:
-                return self._run_chunk(batch)
-            return np.concatenate([self._run_chunk(batch[i:i + max_n]) for i in range(0, batch.shape[0], max_n)])
+                return self._run_chunk(batch, inputs)
+            return np.concatenate([self._run_chunk(batch[i:i + max_n], {n: a[i:i + max_n] for n, a in inputs.items()})
+                                   for i in range(0, batch.shape[0], max_n)])
 
     # ---- shape information ----------------------------------------------------------------------------
     def static_hw(self) -> tuple[int, int] | None:
@@ -286,4 +295,4 @@ class TrtRunner(Runner):
         def desc(name):
             shape = [None if int(d) < 0 else int(d) for d in self.engine.get_tensor_shape(name)]
             return {"name": name, "shape": shape, "dtype": str(_np_dtype(self.engine.get_tensor_dtype(name)))}
-        return {"inputs": [desc(self._in)], "outputs": [desc(self._out)]}
+        return {"inputs": [desc(n) for n in [self._in, *self._extra]], "outputs": [desc(self._out)]}

@@ -76,7 +76,7 @@ def read_onnx(path) -> tuple[Any, ModelSpec, str, bool]:
     spec = ModelSpec.from_json(meta[METADATA_KEY])
     inits = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
-    declared = {i.name for i in spec.inputs}
+    declared = {i.name for i in spec.separate_inputs}
     image = [n for n in inputs if n not in declared]
     if len(image) != 1 or not declared <= set(inputs):
         raise ModelFileError(f"{path} has inputs {inputs}; its manifest declares extra inputs {sorted(declared)}, "

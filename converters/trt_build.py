@@ -118,7 +118,7 @@ def input_profiles(spec: ModelSpec, profile: Profile) -> dict[str, tuple[tuple[i
     """(min, opt, max) shapes of every extra input the manifest declares, derived from the image
     profile: a map of stride s is (N, C, H/s, W/s), a per-image vector (N, C)."""
     return {i.name: tuple(i.shape(shape[0], shape[2], shape[3]) for shape in (profile.min, profile.opt, profile.max))
-            for i in spec.inputs}
+            for i in spec.separate_inputs}
 
 
 def parse_shape(text: str) -> Shape:

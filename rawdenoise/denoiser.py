@@ -242,7 +242,7 @@ class Denoiser:
         if s.bayer:
             bayer.check_bayer_array(data)
         else:
-            rgb.check_rgb_array(data, s.in_channels)
+            rgb.check_rgb_array(data, s.data_channels)
         lv = self.resolve_levels(data, meta, cfa, black_level, white_level, iso)
         geom = None
         if s.bayer:
@@ -300,7 +300,7 @@ class Denoiser:
             y -= np.float32(p.offset)
             y *= np.float32(1.0 / p.gain)
         return rgb.from_planar(y, float(lv.black[0]), lv.white, p.dtype, s.channel_order,
-                               shape=p.shape if s.out_channels == s.in_channels else None)
+                               shape=p.shape if s.out_channels == s.data_channels else None)
 
     def _finish_block(self, y: np.ndarray, y0: int, x0: int, p: "Prepared", out: np.ndarray) -> None:
         """`finish` for the block of network output at (y0, x0) of the network input, written into `out`."""
@@ -331,7 +331,8 @@ class Denoiser:
                          blend=self.blend, progress=progress, sink=sink, inputs=inputs)
 
     def run(self, raw, *, cfa=None, black_level=None, white_level=None, iso=None, noise=None,
-            inputs: Mapping[str, np.ndarray] | None = None, ensemble: int = 1, progress: bool = False) -> np.ndarray:
+            inputs: Mapping[str, np.ndarray] | None = None, ensemble: int = 1, samples: int | None = None,
+            progress: bool = False) -> np.ndarray:
         """Denoise one frame; returns the same shape and dtype, in sensor units.
 
         `raw` is a 2-D Bayer array (H x W x 3 for RGB models, H x W for grayscale), a RawFrame, or a
@@ -342,16 +343,19 @@ class Denoiser:
         SDK's own (at the input's declared resolution of the network input; see `ModelSpec.inputs`).
         `ensemble` = 2, 4 or 8 averages the outputs over that many orientations of the frame
         (rawdenoise.ensemble), at that many times the cost.
+        `samples`: for a model with random (gaussian) inputs, the number of draws whose outputs are
+        averaged (Monte-Carlo), at that many times the cost; default: the manifest's `samples`.
         The input is never written to.
         """
         orientations(ensemble)              # a bad value fails before any work
+        draws = self._draws(samples, inputs)
         data, meta = _frame_fields(raw)
         p = self._prepare_fields(data, meta, cfa, black_level, white_level, iso, noise)
-        if ensemble != 1:
-            if inputs:
-                raise InputError("ensemble averages over turned frames, and explicit inputs cannot be turned with "
-                                 "them; drop inputs= or ensemble=")
-            return run_ensemble(self, data, p, ensemble, progress=progress)
+        if ensemble != 1 and inputs:
+            raise InputError("ensemble averages over turned frames, and explicit inputs cannot be turned with "
+                             "them; drop inputs= or ensemble=")
+        if ensemble != 1 or draws != 1:
+            return run_ensemble(self, data, p, ensemble, draws=draws, inputs=inputs, progress=progress)
         fill = self.input_filler(p, inputs)
         if self.spec.bayer and self.blend == "crop":
             # each tile is unpacked into the output as it arrives: no float frame is stitched
@@ -360,6 +364,21 @@ class Denoiser:
                        sink=lambda core, y0, x0: self._finish_block(core, y0, x0, p, out))
             return out
         return self.finish(self.infer(p.x, progress=progress, inputs=fill), p)
+
+    def _draws(self, samples: int | None, inputs) -> int:
+        """Monte-Carlo draws of the random inputs to average (1 for a model without any)."""
+        random = [i.name for i in self.spec.inputs if i.kind == "gaussian"]
+        n = self.spec.samples if samples is None else samples
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise InputError(f"samples must be a positive integer, got {n!r}")
+        if samples is not None and samples > 1 and not random:
+            raise InputError(f"samples={samples} averages draws of a model's random inputs, and this model has none")
+        if random and inputs and set(random) <= set(inputs):  # the caller fixed every random input
+            if samples is not None and samples > 1:
+                raise InputError(f"samples={samples} draws the random inputs anew each time, but inputs= fixes all "
+                                 f"of them; pass samples=1")
+            return 1
+        return int(n) if random else 1
 
     def __repr__(self) -> str:
         return (f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} "

@@ -82,15 +82,20 @@ def _prepare_oriented(dn, p, data: np.ndarray, o):
     return replace(p, x=x, dtype=f32, levels=lv, geometry=g, shape=turned.shape)
 
 
-def run_ensemble(dn, data: np.ndarray, p, n: int, *, progress: bool = False) -> np.ndarray:
-    """Mean of `dn`'s outputs over `n` orientations of `data` (prepared as `p`), in `p`'s dtype."""
+def run_ensemble(dn, data: np.ndarray, p, n: int, *, draws: int = 1, inputs=None,
+                 progress: bool = False) -> np.ndarray:
+    """Mean of `dn`'s outputs over `n` orientations of `data` (prepared as `p`) and, for a model with
+    random inputs, `draws` Monte-Carlo draws of them per orientation; in `p`'s dtype, rounded once.
+    Explicit whole-frame `inputs` go with the frame as given (n == 1 only)."""
     work = np.float64 if p.dtype == np.float64 else np.float32
     acc = None
     for o in orientations(n):
         q = _prepare_oriented(dn, p, data, o)
-        out = unorient(dn.finish(dn.infer(q.x, progress=progress, inputs=dn.input_filler(q)), q), o)
-        acc = out.astype(work) if acc is None else np.add(acc, out, out=acc)
-    acc /= n
+        for d in range(draws):
+            fill = dn.input_filler(q, inputs, draw=d)
+            out = unorient(dn.finish(dn.infer(q.x, progress=progress, inputs=fill), q), o)
+            acc = out.astype(work) if acc is None else np.add(acc, out, out=acc)
+    acc /= n * draws
     if p.dtype.kind in "ui":
         bayer.round_to_sensor(acc, p.levels.white)
     return acc.astype(p.dtype)

@@ -103,7 +103,9 @@ class ExtraInput:
 
     `stride` s > 0: a map of `channels` x H/s x W/s in network-input pixels, cut into tiles along
     with the image (the model's `multiple` must be a multiple of s); `stride` None: one vector of
-    `channels` values per image, shape (N, channels).
+    `channels` values per image, shape (N, channels). `concat`: the map is not an input of its own
+    but follows the image's channels in the image input (a model exported with a single input;
+    stride 1); `in_channels` then counts them too.
 
     kinds:
       noise_level  the frame's noise (from `noise=`, the ISO or a blind estimate), in normalised
@@ -125,6 +127,7 @@ class ExtraInput:
     std: float = 1.0
     seed: int = 0
     value: float | tuple[float, ...] = 0.0
+    concat: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -144,6 +147,9 @@ class ExtraInput:
             if self.form != "k_sigma2" and self.stride != 1:
                 raise InputError(f"input {self.name!r}: a per-pixel noise map (form {self.form}) needs stride 1, "
                                  f"got {self.stride}; use form k_sigma2 for a map of constants")
+        if self.concat and self.stride != 1:
+            raise InputError(f"input {self.name!r}: an input concatenated to the image has its resolution "
+                             f"(stride 1), got stride {self.stride}")
         if self.kind == "gaussian" and not (self.std >= 0):
             raise InputError(f"input {self.name!r}: std must be >= 0, got {self.std}")
         if isinstance(self.value, (list, tuple)):
@@ -189,6 +195,7 @@ class ModelSpec:
     tile: int = 256
     precision: str = "fp32"
     inputs: tuple[ExtraInput, ...] = ()
+    samples: int = 1              # Monte-Carlo draws of the random inputs averaged per run
     origin: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     version: int = SPEC_VERSION
@@ -196,33 +203,35 @@ class ModelSpec:
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise InputError(f"layout {self.layout!r} is not supported; use one of {', '.join(LAYOUTS)}")
+        self._check_inputs()
         self._default_layout_fields()
         if self.layout in ("bayer4", "mosaic") and self.channel_order not in BAYER_ORDERS:
             raise InputError(
                 f"channel_order {self.channel_order!r} is not a 2x2 Bayer order; "
                 f"use one of {', '.join(BAYER_ORDERS)}"
             )
+        data = self.data_channels
         if self.layout == "rgb":
-            allowed = (GRAY_ORDER,) if self.in_channels == 1 else RGB_ORDERS
-            if self.in_channels not in (1, 3):
-                raise InputError(f"an rgb model takes 3 channels (RGB/BGR) or 1 (grayscale), "
-                                 f"got in_channels={self.in_channels}")
+            allowed = (GRAY_ORDER,) if data == 1 else RGB_ORDERS
+            if data not in (1, 3):
+                raise InputError(f"an rgb model takes 3 image channels (RGB/BGR) or 1 (grayscale), "
+                                 f"got {data} (in_channels={self.in_channels})")
             if self.channel_order not in allowed:
                 raise InputError(f"channel_order {self.channel_order!r} does not fit an rgb model with "
-                                 f"{self.in_channels} channel(s); use {' or '.join(allowed)}")
-        if self.layout == "bayer4" and self.in_channels != 4:
-            raise InputError(f"a bayer4 model takes 4 packed channels, got in_channels={self.in_channels}; "
+                                 f"{data} image channel(s); use {' or '.join(allowed)}")
+        if self.layout == "bayer4" and data != 4:
+            raise InputError(f"a bayer4 model takes 4 packed channels, got {data} (in_channels={self.in_channels}); "
                              f"a network taking the one-channel CFA frame has layout 'mosaic'")
-        if self.layout == "mosaic" and self.in_channels != 1:
-            raise InputError(f"a mosaic model takes the CFA frame as 1 channel, got in_channels={self.in_channels}; "
-                             f"a network taking 2x2 blocks packed to 4 channels has layout 'bayer4'")
+        if self.layout == "mosaic" and data != 1:
+            raise InputError(f"a mosaic model takes the CFA frame as 1 channel, got {data} (in_channels="
+                             f"{self.in_channels}); a network taking 2x2 blocks packed to 4 channels has layout 'bayer4'")
         if self.noise_source not in NOISE_SOURCES:
             raise InputError(f"noise_source {self.noise_source!r} is not one of {', '.join(NOISE_SOURCES)}")
         if self.output not in OUTPUTS:
             raise InputError(f"output {self.output!r} is not one of {', '.join(OUTPUTS)}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("multiple", "in_channels", "out_channels"):
+        for name in ("multiple", "in_channels", "out_channels", "data_channels", "samples"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if (self.receptive_radius is not None and self.receptive_radius < 0) or self.tile < 0:
@@ -234,17 +243,17 @@ class ModelSpec:
                              f"got {self.multiple}; use {2 * self.multiple}")
         if self.scale == 0:
             raise InputError("scale must be non-zero")
-        if self.output == "residual" and self.out_channels > self.in_channels:
+        if self.output == "residual" and self.out_channels > data:
             raise InputError("a residual model cannot return more channels than it takes")
-        self._check_inputs()
+        self._check_noise_maps()
 
     def _default_layout_fields(self) -> None:
         if self.in_channels is None:
-            object.__setattr__(self, "in_channels", _DEFAULT_CHANNELS[self.layout])
+            object.__setattr__(self, "in_channels", _DEFAULT_CHANNELS[self.layout] + self._concat_channels)
         if self.out_channels is None:
-            object.__setattr__(self, "out_channels", self.in_channels)
+            object.__setattr__(self, "out_channels", self.data_channels)
         if self.channel_order is None:
-            order = {"rgb": GRAY_ORDER if self.in_channels == 1 else "RGB"}.get(self.layout, "RGGB")
+            order = {"rgb": GRAY_ORDER if self.data_channels == 1 else "RGB"}.get(self.layout, "RGGB")
             object.__setattr__(self, "channel_order", order)
 
     def _check_inputs(self) -> None:
@@ -254,17 +263,30 @@ class ModelSpec:
         if len(set(names)) != len(names):
             raise InputError(f"extra input names must be unique, got {names}")
         for i in inputs:
-            if i.stride is not None and self.multiple % i.stride:
+            if i.stride is not None and int(self.multiple) % i.stride:
                 raise InputError(f"input {i.name!r} has stride {i.stride}, so the model's multiple ({self.multiple}) "
                                  f"must be a multiple of it (tiles are cut on that grid)")
+
+    def _check_noise_maps(self) -> None:
+        for i in self.inputs:
             if i.kind == "noise_level" and i.form != "k_sigma2" and i.channels not in (1, self.data_channels):
                 raise InputError(f"input {i.name!r}: a per-pixel noise map has 1 channel or one per image channel "
                                  f"({self.data_channels}), got {i.channels}")
 
     @property
+    def _concat_channels(self) -> int:
+        return sum(i.channels for i in self.inputs if i.concat)
+
+    @property
     def data_channels(self) -> int:
-        """Channels carrying image data: 4 for bayer4, 1 for mosaic, 3 or 1 for rgb."""
-        return self.in_channels
+        """Channels carrying image data (4 for bayer4, 1 for mosaic, 3 or 1 for rgb); `in_channels`
+        also counts extra inputs concatenated to the image."""
+        return self.in_channels - self._concat_channels
+
+    @property
+    def separate_inputs(self) -> tuple[ExtraInput, ...]:
+        """The extra inputs that are inputs of the model's own (not concatenated to the image)."""
+        return tuple(i for i in self.inputs if not i.concat)
 
     @property
     def bayer(self) -> bool:

@@ -65,10 +65,13 @@ class Runner:
             raise InputError(f"{self.name} runner is not active; call activate() or use it as a context manager")
         if not isinstance(batch, np.ndarray) or batch.ndim != 4:
             raise InputError(f"infer expects a 4-D numpy array (N, C, H, W), got {getattr(batch, 'shape', type(batch))}")
-        if batch.shape[1] != self.spec.in_channels:
-            raise InputError(f"model takes {self.spec.in_channels} channels, batch has {batch.shape[1]}")
+        if batch.shape[1] != self.spec.data_channels:
+            raise InputError(f"model takes {self.spec.data_channels} image channels, batch has {batch.shape[1]}")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         inputs = self._check_inputs(batch.shape, inputs or {})
+        concat = [inputs.pop(i.name) for i in self.spec.inputs if i.concat]
+        if concat:  # a model exported with one input takes these after the image's channels
+            batch = np.concatenate([batch] + concat, axis=1)
         t0 = time.perf_counter()
         out = self.infer_impl(batch, inputs) if inputs else self.infer_impl(batch)
         dt = time.perf_counter() - t0

@@ -26,7 +26,7 @@ def _dim(d) -> int | None:
 
 def image_and_extra_inputs(graph_inputs, spec: ModelSpec, path) -> tuple[Any, dict[str, Any]]:
     """The image input (the one input the manifest does not declare as extra) and the extra ones."""
-    declared = {i.name for i in spec.inputs}
+    declared = {i.name for i in spec.separate_inputs}
     by_name = {t.name: t for t in graph_inputs}
     missing_inputs = sorted(declared - set(by_name))
     if missing_inputs:

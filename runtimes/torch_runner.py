@@ -56,7 +56,7 @@ class TorchRunner(Runner):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # extra inputs follow the image as positional arguments, in the manifest's order
-        extra = [torch.from_numpy(inputs[i.name]).to(self.device, self._dtype) for i in self.spec.inputs] \
+        extra = [torch.from_numpy(inputs[i.name]).to(self.device, self._dtype) for i in self.spec.separate_inputs] \
             if inputs else []
         with torch.inference_mode():
             y = self.module(x, *extra)
@@ -73,6 +73,6 @@ class TorchRunner(Runner):
     def io(self) -> dict[str, list[dict[str, Any]]]:
         s = self.spec
         extra = [{"name": i.name, "shape": [None, i.channels] + ([None, None] if i.stride else []), "dtype": "float32"}
-                 for i in s.inputs]
+                 for i in s.separate_inputs]
         return {"inputs": [{"name": "input", "shape": [None, s.in_channels, None, None], "dtype": "float32"}] + extra,
                 "outputs": [{"name": "output", "shape": [None, s.out_channels, None, None], "dtype": "float32"}]}

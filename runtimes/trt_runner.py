@@ -209,7 +209,7 @@ class TrtRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        declared = [i.name for i in self.spec.inputs]
+        declared = [i.name for i in self.spec.separate_inputs]
         image = [n for n in inputs if n not in declared]
         if len(image) != 1 or sorted(inputs) != sorted(image + declared) or not outputs:
             raise ModelFileError(f"{path.name} has inputs {inputs} and outputs {outputs}; its manifest declares "

@@ -51,6 +51,10 @@ def test_layout_defaults_and_version_2_fields_round_trip():
     back = ModelSpec.from_json(s.to_json())
     assert back == s and back.unbounded and back.inputs[1].shape(3, 8, 8) == (3, 2)
     assert back.inputs[0].shape(2, 64, 32) == (2, 12, 16, 8)
+    # an input concatenated to the image counts in in_channels, not in the image's channels
+    cat = ModelSpec(layout="rgb", inputs=[{"name": "noise", "kind": "gaussian", "channels": 45, "concat": True}])
+    assert (cat.in_channels, cat.data_channels, cat.out_channels, cat.channel_order) == (48, 3, 3, "RGB")
+    assert cat.separate_inputs == ()
     # a version-1 manifest (no new fields) still reads
     old = {k: v for k, v in ModelSpec().to_dict().items() if k != "inputs"}
     assert ModelSpec.from_dict({**old, "version": 1}) == ModelSpec()
@@ -61,7 +65,9 @@ def test_layout_defaults_and_version_2_fields_round_trip():
     (dict(layout="mosaic", in_channels=4), "layout 'bayer4'"),
     (dict(layout="bayer4", in_channels=1), "layout 'mosaic'"),
     (dict(layout="rgb", in_channels=1, channel_order="RGB"), "L"),
-    (dict(layout="rgb", in_channels=4), "3 channels"),
+    (dict(layout="rgb", in_channels=4), "3 image channels"),
+    (dict(layout="rgb", inputs=[{"name": "n", "kind": "gaussian", "channels": 45, "stride": 4, "concat": True}]),
+     "stride 1"),
     (dict(multiple=2, tile=0, inputs=[{"name": "z", "kind": "gaussian", "stride": 4}]), "multiple of it"),
     (dict(inputs=[{"name": "z", "kind": "random"}]), "kind"),
     (dict(inputs=[{"name": "z", "kind": "gaussian", "sd": 1}]), "unknown fields"),

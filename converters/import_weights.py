@@ -91,23 +91,10 @@ def source_sha256(path) -> tuple[str, list[str]]:
 
 
 def _read_torch(path) -> "OrderedDict[str, np.ndarray]":
-    import torch
+    from rawdenoise.zoo.artifact import find_state_dict, safe_torch_load
 
-    from rawdenoise.zoo.artifact import FORMAT, safe_torch_load
-
-    obj = safe_torch_load(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        raise InputError(f"{path} is already a rawdenoise artifact; use it directly")
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in ("state_dict", "model", "params", "net") if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            raise ModelFileError(f"{path} holds a dict that is not a state_dict (keys {sorted(map(str, obj))[:6]})")
-        obj = inner
-    if not isinstance(obj, dict):
-        raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-    if obj and all(str(k).startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return OrderedDict((k, v.detach().cpu().float().numpy()) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    state = find_state_dict(safe_torch_load(path), path)
+    return OrderedDict((k, v.detach().cpu().float().numpy()) for k, v in state.items())
 
 
 def read_source(path, framework: str) -> tuple["OrderedDict[str, np.ndarray]", str]:

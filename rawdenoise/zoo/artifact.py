@@ -41,6 +41,30 @@ def safe_torch_load(path):
         raise ModelFileError(f"{path} is not a readable torch file (truncated or corrupt?): {str(e)[:200]}") from None
 
 
+# where training scripts commonly nest the state_dict inside a checkpoint
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "params_ema", "params", "net", "network", "generator")
+
+
+def find_state_dict(obj, path) -> dict:
+    """The tensor dict inside a loaded checkpoint: the object itself or the one nested under a usual
+    key, with DataParallel's `module.` prefix removed."""
+    def tensors_only(d):
+        return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        raise InputError(f"{path} is already a rawdenoise artifact; use it directly")
+    state = obj if tensors_only(obj) else None
+    if state is None and isinstance(obj, dict):
+        state = next((obj[k] for k in STATE_DICT_KEYS if tensors_only(obj.get(k))), None)
+    if state is None:
+        top = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise ModelFileError(f"{path} holds no state_dict (top level: {top}); save module.state_dict(), or nest "
+                             f"it under one of {', '.join(STATE_DICT_KEYS)}")
+    if all(str(k).startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def save(module: torch.nn.Module, path, spec: ModelSpec | None = None, *, overwrite: bool = True) -> ModelSpec:
     """Write `module` (built by `zoo.create`) as a `.pt` artifact; returns the manifest written.
 
@@ -109,7 +133,9 @@ def measure_receptive_radius(module: torch.nn.Module, spec: ModelSpec, max_size:
     """Receptive-field radius in network-input pixels, from the support of the input gradient.
 
     The gradient of a `multiple` x `multiple` block of outputs (all pooling phases) with respect
-    to a random input is exactly zero outside the receptive field and non-zero inside it.
+    to a random input is exactly zero outside the receptive field and non-zero inside it. Extra
+    inputs that are maps (e.g. a latent at 1/4 resolution) are tiled with the image, so their
+    support counts too, each of their pixels standing for `stride` x `stride` image pixels.
     """
     m = spec.multiple
     size = max(128, 8 * m)
@@ -120,15 +146,24 @@ def measure_receptive_radius(module: torch.nn.Module, spec: ModelSpec, max_size:
             size = -(-size // m) * m
             gen = torch.Generator().manual_seed(0)
             x = torch.rand(1, spec.in_channels, size, size, generator=gen, dtype=torch.float32)
-            x.requires_grad_(True)
+            extras = [torch.randn(i.shape(1, size, size), generator=gen) for i in spec.separate_inputs]
+            leaves = [(x, 1)] + [(e, i.stride) for e, i in zip(extras, spec.separate_inputs) if i.stride]
+            for t, _ in leaves:
+                t.requires_grad_(True)
             b0 = size // 2 // m * m
-            y = module(x)
-            (g,) = torch.autograd.grad(y[:, :, b0:b0 + m, b0:b0 + m].sum(), x)
-            support = g.abs().sum(dim=(0, 1)) > 0
-            rows = torch.nonzero(support.any(dim=1)).flatten()
-            cols = torch.nonzero(support.any(dim=0)).flatten()
-            lo = int(min(rows.min(), cols.min()))
-            hi = int(max(rows.max(), cols.max()))
+            y = module(x, *extras)
+            grads = torch.autograd.grad(y[:, :, b0:b0 + m, b0:b0 + m].sum(), [t for t, _ in leaves],
+                                        allow_unused=True)
+            lo, hi = size, -1
+            for g, (_, stride) in zip(grads, leaves):
+                if g is None:
+                    continue
+                support = g.abs().sum(dim=(0, 1)) > 0
+                rows = torch.nonzero(support.any(dim=1)).flatten()
+                cols = torch.nonzero(support.any(dim=0)).flatten()
+                if len(rows):
+                    lo = min(lo, int(min(rows.min(), cols.min())) * stride)
+                    hi = max(hi, int(max(rows.max(), cols.max())) * stride + stride - 1)
             if (lo > 0 and hi < size - 1) or size >= max_size:
                 return max(b0 - lo, hi - (b0 + m - 1), 0)
             size *= 2

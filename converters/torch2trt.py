@@ -18,12 +18,12 @@ from .onnx2trt import BuildOptions, BuildResult, add_build_arguments, build_engi
 def torch_to_engine(src_pt, output, opts: BuildOptions | None = None, *, opset: int | None = None,
                     keep_onnx=None, trt=None) -> BuildResult:
     """Export `src_pt` to ONNX (parity-checked against torch), then build the engine from it."""
-    from .torch2onnx import export  # noqa: PLC0415
+    from .torch2onnx import export_artifact  # noqa: PLC0415
 
     trt = trt or tb.import_tensorrt()  # fail before the export when TensorRT is missing
     with tempfile.TemporaryDirectory(prefix="rawdenoise-t2t-") as tmpd:
         onnx_path = Path(keep_onnx) if keep_onnx else Path(tmpd) / (Path(src_pt).stem + ".onnx")
-        export(src_pt, onnx_path, opset=opset)
+        export_artifact(src_pt, onnx_path, opset=opset)
         return build_engine(onnx_path, output, opts, trt=trt)
 
 

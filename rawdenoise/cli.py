@@ -257,7 +257,16 @@ def _model_info(path: Path, runtime: str | None) -> dict[str, Any]:
         raise InputError(f"model file {path} does not exist")
     name = runtimes.canonical(runtime) if runtime else runtimes.for_path(path)
     with runtimes.get(name)(path) as runner:
-        return {"file": str(path), "runtime": name, "spec": runner.spec.to_dict(), "io": runner.io()}
+        spec = runner.spec
+        info = {"file": str(path), "runtime": name, "spec": spec.to_dict(), "io": runner.io()}
+    # which manifest values were measured from the graph (and from what) rather than given
+    measured = (spec.notes or {}).get("measured") or {}
+    if measured:
+        info["measured"] = {k: "unbounded" if v.get("value") is None else v.get("value") for k, v in measured.items()}
+    if spec.unbounded:
+        info["tiling"] = (f"feathered tiles: the receptive field is unbounded ({spec.notes.get('unbounded_by', '?')}); "
+                          f"tile=0 runs the whole frame in one pass")
+    return info
 
 
 def _print_info(info: dict[str, Any], as_json: bool) -> None:

@@ -26,10 +26,10 @@ def tiny_unet_pt(tmp_path_factory):
 def tiny_unet_onnx(tiny_unet_pt, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from converters.torch2onnx import export
+    from converters.torch2onnx import export_artifact
 
     path = tmp_path_factory.mktemp("models") / "unet.onnx"
-    export(tiny_unet_pt, path)
+    export_artifact(tiny_unet_pt, path)
     return path
 
 

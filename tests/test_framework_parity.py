@@ -75,9 +75,9 @@ def check(arch, src, workdir, img, onnx: bool, framework=None):
     assert got.shape == want.shape
     assert float(np.abs(got - want).max()) <= ATOL
     if onnx:
-        from converters.torch2onnx import export
+        from converters.torch2onnx import export_artifact
 
-        export(pt, workdir / "model.onnx", simplify=False, check=False)  # ORT runs below anyway
+        export_artifact(pt, workdir / "model.onnx", simplify=False, check=False)  # ORT runs below anyway
         got_onnx = run_denoiser(workdir / "model.onnx", arch, img)
         assert float(np.abs(got_onnx - want).max()) <= ATOL
     return spec

@@ -43,7 +43,7 @@ def test_static_export(tiny_unet_pt, tmp_path):
 def test_parity_failure_writes_nothing(tiny_unet_pt, tmp_path):
     out = tmp_path / "p.onnx"
     with pytest.raises(ConversionError, match="nothing was written"):
-        torch2onnx.export(tiny_unet_pt, out, atol=0.0 - 1.0)
+        torch2onnx.export_artifact(tiny_unet_pt, out, atol=0.0 - 1.0)
     assert not out.exists() and not list(tmp_path.glob(".*part"))
 
 

@@ -42,23 +42,37 @@ class AxisPlan:
     keep: tuple[tuple[int, int], ...]
 
 
+def overlap_needed(overlap: int, multiple: int) -> int:
+    """How much neighbouring tiles must overlap for cores split on the model's grid (see plan_axis)."""
+    return overlap + round_up(overlap, multiple)
+
+
 def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bool = False) -> AxisPlan:
     padded = round_up(size, multiple)
     if pad_to_tile and tile:
         padded = max(padded, tile)
     if tile == 0 or tile >= padded:
         return AxisPlan(size, padded, padded, (0,), ((0, size),))
-    stride = (tile - 2 * overlap) // multiple * multiple
+    # The receptive radius is that of blocks on the model's grid (after a stride-2 layer odd rows
+    # reach further than even ones), so kept cores start and end on the grid: a core starting at
+    # grid point p needs `overlap` rows of its tile above p, the core ending at p needs `overlap`
+    # rows of its tile below p, and p must be a multiple of the grid: tiles overlap by `need`.
+    lead = round_up(overlap, multiple)
+    need = overlap_needed(overlap, multiple)
+    stride = (tile - need) // multiple * multiple
     if stride < multiple:
+        lo = round_up(need + multiple, multiple)
         raise InputError(
-            f"tile {tile} is too small for overlap {overlap}: a tile must be at least "
-            f"2 x overlap + {multiple} = {2 * overlap + multiple}; use a larger tile or tile=0 (no tiling)"
+            f"tile {tile} is too small for overlap {overlap}: with the model's size multiple {multiple} a tile "
+            f"must be at least {lo}; use a larger tile or tile=0 (no tiling)"
         )
     if not pad_to_tile:
-        tile, stride = _balance(padded, tile, stride, overlap, multiple)
+        tile, stride = _balance(padded, tile, stride, need, multiple)
     origins = list(range(0, padded - tile, stride)) + [padded - tile]
-    # each pixel belongs to the tile whose nearest cut edge is farthest: split overlaps in the middle
-    bounds = [0] + [(a + tile + b) // 2 for a, b in zip(origins[:-1], origins[1:])] + [padded]
+    # each pixel belongs to the tile whose nearest cut edge is farthest: split each overlap near its
+    # middle, on the grid, inside [next origin + lead, previous end - overlap]
+    bounds = [0] + [b + lead + (a + tile - b - need) // 2 // multiple * multiple
+                    for a, b in zip(origins[:-1], origins[1:])] + [padded]
     kept_origins, keep = [], []
     for o, a, b in zip(origins, bounds[:-1], bounds[1:]):
         a, b = min(a, size), min(b, size)
@@ -68,16 +82,17 @@ def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bo
     return AxisPlan(size, padded, tile, tuple(kept_origins), tuple(keep))
 
 
-def _balance(padded: int, tile: int, stride: int, overlap: int, multiple: int) -> tuple[int, int]:
-    """The smallest tile that covers the axis with as many tiles as `tile` needs.
+def _balance(padded: int, tile: int, stride: int, need: int, multiple: int) -> tuple[int, int]:
+    """The smallest tile that covers the axis with as many tiles as `tile` needs, neighbours
+    overlapping by at least `need`.
 
     Shifting the last tile back inside the frame can waste most of a tile; spreading the same
     number of tiles evenly shrinks them instead (a dynamic-shape runner takes any tile size).
     """
     n = -(-(padded - tile) // stride) + 1
-    t = round_up(-(-(padded + (n - 1) * 2 * overlap) // n), multiple)
+    t = round_up(-(-(padded + (n - 1) * need) // n), multiple)
     while True:
-        s = (t - 2 * overlap) // multiple * multiple
+        s = (t - need) // multiple * multiple
         if s >= multiple and (n - 1) * s + t >= padded:
             return t, s
         t += multiple
@@ -86,9 +101,9 @@ def _balance(padded: int, tile: int, stride: int, overlap: int, multiple: int) -
 def suggest_tile(radius: int, multiple: int, max_ratio: float = 1.25, minimum: int = 256) -> int:
     """Smallest tile (a multiple of `multiple`, >= `minimum`) whose overlap costs at most
     `max_ratio` x the untiled compute when the overlap equals the receptive-field radius."""
-    t = round_up(max(minimum, 2 * radius + multiple), multiple)
+    t = round_up(max(minimum, overlap_needed(radius, multiple) + multiple), multiple)
     while True:
-        stride = (t - 2 * radius) // multiple * multiple
+        stride = (t - overlap_needed(radius, multiple)) // multiple * multiple
         if stride >= multiple and (t / stride) ** 2 <= max_ratio:
             return t
         t += multiple

@@ -41,7 +41,7 @@ def test_run_matches_independent_float64_pipeline(unet, rng):
     raw = rng.uniform(500, 16000, size=(126, 190))
     black = [512.0, 500.0, 520.0, 508.0]
     ref = reference_run(module, raw, black, 16383.0, spec.multiple)
-    for tile in (0, 48, 64):
+    for tile in (0, 56, 64):
         got = Denoiser.from_module(module, spec, tile=tile).run(raw, cfa="RGGB", black_level=black, white_level=16383)
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * 16383)
@@ -51,7 +51,7 @@ def test_tiled_equals_untiled_random_unet(unet, rng):
     module, spec = unet
     raw = rng.uniform(0, 1, size=(301, 415)).astype(np.float32)
     full = Denoiser.from_module(module, spec, tile=0).run(raw, cfa="GBRG")
-    for tile, batch in ((48, 1), (64, 3), (96, 2)):
+    for tile, batch in ((56, 1), (64, 3), (96, 2)):
         tiled = Denoiser.from_module(module, spec, tile=tile, batch=batch).run(raw, cfa="GBRG")
         scale = np.abs(full).max()
         assert np.abs(tiled - full).max() <= 1e-4 * scale, tile
@@ -62,7 +62,8 @@ def test_too_little_overlap_shows_seams(unet, rng):
     raw = rng.uniform(0, 1, size=(256, 256)).astype(np.float32)
     full = Denoiser.from_module(module, spec, tile=0).run(raw, cfa="RGGB")
     seamy = Denoiser.from_module(module, spec, tile=32, overlap=2).run(raw, cfa="RGGB")
-    assert np.abs(seamy - full).max() > 1e-3
+    # beyond the 1e-4 of the range that test_tiled_equals_untiled_random_unet allows
+    assert np.abs(seamy - full).max() > 1e-4 * np.abs(full).max()
 
 
 def test_output_shape_dtype_and_clipping(rng):
@@ -126,13 +127,13 @@ def test_input_is_never_written(unet, rng):
     raw = rng.integers(0, 1023, size=(40, 40)).astype(np.uint16)
     raw.flags.writeable = False
     before = raw.copy()
-    Denoiser.from_module(module, spec, tile=48).run(raw, cfa="RGGB", black_level=64, white_level=1023)
+    Denoiser.from_module(module, spec, tile=56).run(raw, cfa="RGGB", black_level=64, white_level=1023)
     np.testing.assert_array_equal(raw, before)
 
 
 def test_threads_give_serial_results(unet, rng):
     module, spec = unet
-    dn = Denoiser.from_module(module, spec, tile=48)
+    dn = Denoiser.from_module(module, spec, tile=56)
     frames = [rng.integers(0, 4095, size=(64 + 2 * i, 80)).astype(np.uint16) for i in range(8)]
     serial = [dn.run(f, cfa="RGGB", black_level=64, white_level=4095) for f in frames]
     results = [None] * 8

@@ -89,7 +89,7 @@ def test_rgb_models_average_turned_images(rng):
     torch.manual_seed(2)
     m = zoo.create("n2n").eval()
     spec = zoo.default_spec("n2n").replace(receptive_radius=16)
-    dn = Denoiser.from_module(m, spec, tile=64)
+    dn = Denoiser.from_module(m, spec, tile=96)
     img = rng.uniform(0, 1, size=(40, 56, 3))
     outs = [inv(dn.run(np.ascontiguousarray(fwd(img)))) for fwd, inv in _turns()]
     np.testing.assert_allclose(dn.run(img, ensemble=8), np.mean(outs, axis=0), rtol=0, atol=1e-5)

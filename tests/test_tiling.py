@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rawdenoise.errors import InputError
-from rawdenoise.tiling import plan_tiles, run_tiled
+from rawdenoise.tiling import overlap_needed, plan_tiles, run_tiled
 
 
 def double(x):
@@ -11,7 +11,7 @@ def double(x):
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (5, 7), (31, 33), (64, 64), (97, 131), (250, 17)])
-@pytest.mark.parametrize("tile,overlap", [(0, 0), (32, 0), (32, 8), (64, 16), (48, 8), (96, 40)])
+@pytest.mark.parametrize("tile,overlap", [(0, 0), (32, 0), (64, 8), (64, 16), (48, 8), (128, 40)])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_identity_like_predictor_is_reproduced(h, w, tile, overlap, batch, rng):
     x = rng.random((3, h, w), dtype=np.float32)
@@ -28,7 +28,7 @@ def test_identity_like_predictor_is_reproduced(h, w, tile, overlap, batch, rng):
 def test_every_pixel_is_kept_exactly_once_with_its_context(h, w, m, k, overlap):
     tile = k * m
     needs_tiles = tile and tile < max(-(-h // m) * m, -(-w // m) * m)
-    if needs_tiles and tile < 2 * overlap + m:
+    if needs_tiles and tile < overlap_needed(overlap, m) + m:
         with pytest.raises(InputError):
             plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m)
         return
@@ -40,6 +40,9 @@ def test_every_pixel_is_kept_exactly_once_with_its_context(h, w, m, k, overlap):
         assert y0 % m == 0 and x0 % m == 0  # pooling grids line up with the untiled pass
         assert 0 <= y0 and y0 + th <= plan.rows.padded and x0 + tw <= plan.cols.padded
         count[a:b, c:d] += 1
+        # kept cores start and end on the model's grid (or at the frame's edges): the receptive
+        # radius is measured for grid-aligned blocks of outputs
+        assert a % m == 0 and c % m == 0 and (b % m == 0 or b == h) and (d % m == 0 or d == w)
         # kept pixels are >= overlap away from every cut edge (frame edges are not cuts)
         if y0 > 0:
             assert a - y0 >= overlap
@@ -60,7 +63,7 @@ def test_predictor_sees_same_shape_tiles_and_reflect_padding(rng):
         seen.append(b.shape)
         return b.copy()
 
-    plan = plan_tiles(37, 53, tile=32, overlap=4, multiple=16)
+    plan = plan_tiles(37, 53, tile=32, overlap=4, multiple=8)
     run_tiled(spy, x, plan, batch=2)
     assert {s[1:] for s in seen} == {(2, 32, 32)}
     # untiled: one padded pass equal to numpy's reflect padding
@@ -78,7 +81,7 @@ def test_pad_to_tile_keeps_one_shape_for_small_frames(rng):
 
 def test_feather_blend_is_a_weighted_average(rng):
     x = rng.random((2, 70, 90), dtype=np.float32)
-    plan = plan_tiles(70, 90, tile=32, overlap=8, multiple=16)
+    plan = plan_tiles(70, 90, tile=32, overlap=8, multiple=8)
     np.testing.assert_allclose(run_tiled(double, x, plan, blend="feather"), 2 * x, rtol=1e-6)
 
 
@@ -99,10 +102,11 @@ def test_conv_stack_tiled_equals_untiled_with_overlap_at_receptive_radius(rng):
         return out
 
     x = rng.random((1, 150, 170), dtype=np.float32)
-    full = run_tiled(predict, x, plan_tiles(150, 170, tile=0, overlap=0, multiple=8))
-    tiled = run_tiled(predict, x, plan_tiles(150, 170, tile=48, overlap=6, multiple=8))
-    np.testing.assert_allclose(tiled, full, rtol=1e-5, atol=1e-6)
-    short = run_tiled(predict, x, plan_tiles(150, 170, tile=48, overlap=3, multiple=8))
+    for m in (1, 8):   # (the frame is reflect-padded to the multiple, so each has its own untiled pass)
+        full = run_tiled(predict, x, plan_tiles(150, 170, tile=0, overlap=0, multiple=m))
+        tiled = run_tiled(predict, x, plan_tiles(150, 170, tile=48, overlap=6, multiple=m))
+        np.testing.assert_allclose(tiled, full, rtol=1e-5, atol=1e-6)
+    short = run_tiled(predict, x, plan_tiles(150, 170, tile=48, overlap=3, multiple=1))
     assert np.abs(short - full).max() > 1e-4  # the check can fail: too little overlap shows seams
 
 
@@ -137,7 +141,7 @@ def test_suggested_tile_bounds_the_overlap_cost(radius, m):
     plan = plan_tiles(big, big, tile=t, overlap=radius, multiple=m)
     assert plan.compute_ratio <= 1.25 * 1.02  # the shifted-back last tile adds a little
     if t > 256:  # and it is the smallest such tile
-        stride = (t - m - 2 * radius) // m * m
+        stride = (t - m - overlap_needed(radius, m)) // m * m
         assert stride < m or ((t - m) / stride) ** 2 > 1.25
 
 
@@ -150,7 +154,7 @@ def test_every_tile_is_a_window_of_the_reflect_padded_frame(h, w, m, k, overlap,
 
     from hypothesis import assume
 
-    assume(k == 0 or k * m >= 2 * overlap + m)
+    assume(k == 0 or k * m >= overlap_needed(overlap, m) + m)
     x = np.arange(2 * h * w, dtype=np.float32).reshape(2, h, w)
     plan = plan_tiles(h, w, tile=k * m, overlap=overlap, multiple=m, pad_to_tile=fixed)
     th, tw = plan.tile_shape
@@ -159,3 +163,24 @@ def test_every_tile_is_a_window_of_the_reflect_padded_frame(h, w, m, k, overlap,
     padded = np.pad(x, ((0, 0), (0, max(bottom, 0)), (0, max(right, 0))), mode="reflect")
     for y0, x0, tile in iter_tiles(x, plan):
         np.testing.assert_array_equal(tile, padded[:, y0:y0 + th, x0:x0 + tw])
+
+
+def test_phase_dependent_reach_is_exact_at_the_block_radius(rng):
+    """The receptive radius is measured for blocks on the model's grid (`multiple`): on a stride-2
+    grid the odd rows of this predictor read 8 rows back, the even ones 7, so a block of two reads
+    7 rows beyond its first row. Kept cores must therefore start and end on the grid, or an odd
+    first row would lack one row of context."""
+    def predict(b):
+        out = np.zeros_like(b)
+        h = b.shape[2]
+        for i in range(h):
+            lo = max(0, i - (8 if i % 2 else 7))      # zero padding above the tile, as a conv has
+            out[:, :, i] = b[:, :, lo:i + 1].sum(axis=2)
+        return out
+
+    x = rng.random((1, 97, 5), dtype=np.float32)
+    full = run_tiled(predict, x, plan_tiles(97, 5, tile=0, overlap=0, multiple=2))
+    for tile in (22, 24, 26, 30, 34):
+        plan = plan_tiles(97, 5, tile=tile, overlap=7, multiple=2)
+        assert len(plan.rows.origins) > 2
+        np.testing.assert_allclose(run_tiled(predict, x, plan), full, rtol=1e-6)

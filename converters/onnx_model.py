@@ -68,14 +68,15 @@ def check_given(given, where: str = "spec") -> dict[str, Any]:
     if unknown:
         raise InputError(f"{where} has unknown fields {unknown}; known: {sorted(known)}")
     try:  # every value checked now, with placeholders for the measured fields
-        _draft(given)
+        draft_spec(given)
     except (TypeError, InputError) as e:
         raise InputError(f"{where}: {e}") from None
     return dict(given)
 
 
-def _draft(given: Mapping[str, Any]) -> ModelSpec:
-    """A ModelSpec of the given fields, with the smallest valid placeholders for the measured ones."""
+def draft_spec(given: Mapping[str, Any]) -> ModelSpec:
+    """A ModelSpec of the given fields, with the smallest valid placeholders for the measured ones
+    (what a converter checks the network against before the graph is measured)."""
     strides = [i.get("stride", 1) if isinstance(i, Mapping) else i.stride for i in given.get("inputs") or ()]
     grid = math.lcm(2 if given.get("layout") == "mosaic" else 1, *[int(s) for s in strides if s])
     return ModelSpec(**{**given, "multiple": given.get("multiple", grid), "tile": given.get("tile", 0),
@@ -90,26 +91,39 @@ def _onnx():
     return onnx
 
 
-def image_input_name(model, spec_inputs) -> str:
+def split_inputs(spec: ModelSpec, names) -> tuple[str, dict]:
+    """(image input name, {name: ExtraInput}) of a network whose inputs are `names`: every input but
+    the image must be declared in the spec (inputs concatenated to the image are not inputs)."""
+    names = list(names)
+    declared = {i.name: i for i in spec.separate_inputs}
+    absent = sorted(set(declared) - set(names))
+    if absent:
+        raise InputError(f"the spec declares extra inputs {absent}, but the network's inputs are {names}; "
+                         f"use those names")
+    image = [n for n in names if n not in declared]
+    if len(image) != 1:
+        raise InputError(f"the network has inputs {names}; declare every input but the image in the spec's "
+                         f"'inputs' (name, kind, channels, stride), {len(image)} are left: {image}")
+    return image[0], declared
+
+
+def layouts_for(channels: int) -> str:
+    """The layouts an image input of `channels` channels fits, for error messages."""
+    return {1: "layout 'mosaic' (the CFA frame) or 'rgb' with in_channels 1 (grayscale)", 3: "layout 'rgb'",
+            4: "layout 'bayer4' (2x2 blocks packed to 4 channels)"}.get(channels, "no rawdenoise layout")
+
+
+def image_input_name(model, spec: ModelSpec) -> str:
     """The graph input that is not declared as an extra input (exactly one)."""
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    declared = [i["name"] if isinstance(i, Mapping) else i.name for i in spec_inputs]
-    absent = sorted(set(declared) - set(inputs))
-    if absent:
-        raise InputError(f"the spec declares extra inputs {absent}, but the model's inputs are {inputs}")
-    image = [n for n in inputs if n not in declared]
-    if len(image) != 1:
-        raise InputError(f"the model has inputs {inputs}; declare every input but the image in the spec's "
-                         f"'inputs' (name, kind, channels, stride), {len(image)} are left")
-    return image[0]
+    return split_inputs(spec, [i.name for i in model.graph.input if i.name not in inits])[0]
 
 
 def complete_spec(model, given: Mapping[str, Any], origin: Mapping[str, Any] | None = None) -> ModelSpec:
     """The manifest: `given` fields, plus the measurable ones measured from the graph when omitted."""
     given = check_given(given)
-    draft = _draft(given)
-    image = image_input_name(model, draft.separate_inputs)
+    draft = draft_spec(given)
+    image = image_input_name(model, draft)
     measured: dict[str, Any] = {}
     multiple, radius = given.get("multiple"), given.get("receptive_radius", 0)
     if multiple is None or "receptive_radius" not in given:
@@ -213,7 +227,7 @@ def finish(model, given: Mapping[str, Any], dst, *, origin: Mapping[str, Any], r
     except onnx.checker.ValidationError as e:
         raise ConversionError(f"the ONNX model is not valid: {str(e).splitlines()[0][:300]}") from None
     data = model.SerializeToString()
-    image = image_input_name(model, spec.separate_inputs)
+    image = image_input_name(model, spec)
     diffs = check_with_onnxruntime(data, spec, image, reference)
     with atomic_output(dst, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)

@@ -129,7 +129,7 @@ def export(module, spec, dst, *, opset: int | None = None, exporter: str = "auto
         raise InputError(f"exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     onnx_model.check_destination(dst, overwrite)
     given = onnx_model.read_spec_file(spec) if isinstance(spec, (str, Path)) else onnx_model.check_given(spec)
-    draft = onnx_model._draft(given)
+    draft = onnx_model.draft_spec(given)
     names = ["input"] + [i.name for i in draft.separate_inputs]
     # an example the network's own grid certainly divides when the spec does not give the multiple
     m = draft.multiple if "multiple" in given else 64

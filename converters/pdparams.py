@@ -1,5 +1,8 @@
 """Read PaddlePaddle `.pdparams` state dicts without paddle and without running pickle code.
 
+A training checkpoint that nests the state dict (`{"state_dict": ..., "optimizer": ...}`) is read
+for its state dict only.
+
 `paddle.save(layer.state_dict(), path)` writes a pickle (protocol 2-4) of name -> numpy array plus
 bookkeeping keys: `StructuredToParameterName@@` (structured name -> internal name, not a weight)
 and, for protocols 2/3 with arrays over 1 GiB, the split form `name@@.0`, `name@@.1`, ... with
@@ -19,6 +22,9 @@ from .safe_unpickle import load_restricted
 
 STRUCTURED_KEY = "StructuredToParameterName@@"
 BIG_PARAM_KEY = "UnpackBigParamInfor@@"
+# training checkpoints (`paddle.save({"iter": ..., "state_dict": ..., "optimizer": ...})`) nest the
+# model's parameters under one of these; the rest (optimizer moments, counters) is not the model
+CHECKPOINT_KEYS = ("state_dict", "model", "net", "params")
 
 
 def _join_big_params(obj: dict, path: Path) -> dict:
@@ -50,12 +56,17 @@ def read_pdparams(path) -> "OrderedDict[str, np.ndarray]":
     if not isinstance(obj, dict):
         raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a Paddle state dict (name -> array)")
     obj = dict(obj)
+    nested = next((k for k in CHECKPOINT_KEYS if isinstance(obj.get(k), dict)), None)
+    if nested is not None and not isinstance(obj.get(STRUCTURED_KEY), dict):
+        obj = dict(obj[nested])
     obj.pop(STRUCTURED_KEY, None)
     obj = _join_big_params(obj, path)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     for name, value in obj.items():
         if not isinstance(name, str):
             raise ModelFileError(f"{path}: key {name!r} is not a parameter name")
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+            value = value[1]  # inside a nested dict paddle.save stores (internal name, array)
         if isinstance(value, np.generic):
             value = np.asarray(value)
         if not isinstance(value, np.ndarray):

@@ -57,6 +57,13 @@ def _ordered_dict(*args):
     return collections.OrderedDict(*args)
 
 
+def _tuple(items=()):
+    # Paddle training checkpoints pickle some optimizer entries as tuple(list)
+    if not isinstance(items, (list, tuple)):
+        raise pickle.UnpicklingError("tuple from a non-sequence is not allowed")
+    return tuple(items)
+
+
 ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -66,6 +73,7 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): _dtype,
     ("collections", "OrderedDict"): _ordered_dict,
     ("_codecs", "encode"): _encode,
+    ("builtins", "tuple"): _tuple,
 }
 
 

@@ -101,6 +101,7 @@ NAMING: dict[str, dict[str, str]] = {
     "pmrid": {"torch": "dotted", "paddle": "dotted", "tf": "slashed"},
     "n2n": {"torch": "dotted", "paddle": "dotted", "tf": "slashed"},
     "n2n_paddle": {"torch": "dotted", "paddle": "dotted", "tf": "slashed"},
+    "invdn": {"torch": "dotted", "paddle": "dotted"},
 }
 # conv (torch module name) -> depth_to_space block size, for architectures that use pixel_shuffle
 DEPTH_TO_SPACE: dict[str, dict[str, int]] = {}

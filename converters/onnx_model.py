@@ -60,7 +60,12 @@ def read_spec_file(path) -> dict[str, Any]:
 def check_given(given, where: str = "spec") -> dict[str, Any]:
     """Validate a mapping of ModelSpec fields (a ModelSpec is taken as all of its fields)."""
     if isinstance(given, ModelSpec):
-        given = {k: v for k, v in given.to_dict().items() if k not in _CONVERTER_FIELDS}
+        # fields read from a partial spec.json are known; in a spec built in code, the measurable
+        # fields still at their defaults are taken as not given
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
+        chosen = getattr(given, "given_fields", None)
+        given = {k: v for k, v in given.to_dict().items() if k not in _CONVERTER_FIELDS and
+                 (k in chosen if chosen is not None else not (k in MEASURED_FIELDS and v == defaults[k]))}
     if not isinstance(given, Mapping):
         raise InputError(f"{where} must be a JSON object of ModelSpec fields, got {type(given).__name__}")
     known = {f.name for f in dataclasses.fields(ModelSpec)} - set(_CONVERTER_FIELDS)

@@ -330,9 +330,12 @@ class ModelSpec:
             if kw.get("ksigma") is not None:
                 kw["ksigma"] = KSigma(**kw["ksigma"])
             kw["inputs"] = tuple(_extra_input(i) for i in kw.get("inputs") or ())
-            return cls(**kw)
+            spec = cls(**kw)
         except (TypeError, InputError) as e:
             raise ModelFileError(f"invalid model manifest: {e}") from None
+        # which fields the text gave: a converter measures the others (e.g. a partial spec.json)
+        object.__setattr__(spec, "given_fields", frozenset(d))
+        return spec
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":

@@ -100,8 +100,10 @@ class Denoiser:
                           f"so tiles of {self.tile} are blended with feathered ramps over {self.overlap} pixels and "
                           f"differ slightly from one pass over the whole frame; pass tile=0 for that",
                           UnboundedContextWarning, stacklevel=3)
-        # validate tile/overlap now rather than on the first frame
-        plan_tiles(4 * s.multiple, 4 * s.multiple, tile=self.tile, overlap=self.overlap, multiple=s.multiple)
+        # validate tile/overlap now rather than on the first frame: plan a frame that needs tiles
+        side = max(self.tile if isinstance(self.tile, int) else max(self.tile), 3 * s.multiple) + s.multiple
+        plan_tiles(side, side, tile=self.tile, overlap=self.overlap, multiple=s.multiple,
+                   pad_to_tile=not runner.dynamic_shapes)
 
     def _feather_overlap(self) -> int:
         """Overlap (and ramp width) of feathered tiles: an eighth of the tile, on the model's grid."""

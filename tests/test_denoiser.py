@@ -204,6 +204,10 @@ def test_tile_and_batch_validation(unet):
         Denoiser.from_module(module, spec, tile=30)
     with pytest.raises(InputError, match="batch"):
         Denoiser.from_module(module, spec, batch=0)
+    # a tile too small for exact tiling (radius 22 on a grid of 4 needs 48 of overlap) is refused
+    # at load, not on the first frame large enough to be tiled
+    with pytest.raises(InputError, match="too small for overlap 22"):
+        Denoiser.from_module(module, spec, tile=48)
 
 
 def test_rgb_layout_runs_hwc_frames(rng):

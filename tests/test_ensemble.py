@@ -40,7 +40,7 @@ def _turned_levels(shape, cfa, black, forward):
 @pytest.mark.parametrize("shape,cfa", [((46, 62), "RGGB"), ((45, 63), "GBRG"), ((51, 40), "GRBG")])
 def test_ensemble_is_the_mean_of_turned_runs(unet, rng, shape, cfa):
     module, spec = unet
-    dn = Denoiser.from_module(module, spec, tile=32)
+    dn = Denoiser.from_module(module, spec, tile=56)
     raw = rng.uniform(60, 1000, size=shape)
     outs = []
     for forward, inverse in _turns():
@@ -56,7 +56,7 @@ def test_ensemble_is_the_mean_of_turned_runs(unet, rng, shape, cfa):
 
 def test_integer_frames_are_averaged_before_rounding(unet, rng):
     module, spec = unet
-    dn = Denoiser.from_module(module, spec, tile=32)
+    dn = Denoiser.from_module(module, spec, tile=56)
     raw = rng.integers(60, 1000, size=(40, 54)).astype(np.uint16)
     raw.flags.writeable = False
     kw = dict(cfa="BGGR", black_level=BLACK, white_level=1023, ensemble=8)

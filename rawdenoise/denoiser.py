@@ -12,7 +12,7 @@ import numpy as np
 
 from . import bayer, rgb
 from .ensemble import orientations, run_ensemble
-from .errors import InputError, UnboundedContextWarning
+from .errors import InputError, NoiseEstimateError, NoiseFallbackWarning, UnboundedContextWarning
 from .extra_inputs import InputFiller, check_explicit
 from .spec import ModelSpec
 from .tiling import plan_tiles, round_up, run_tiled
@@ -210,7 +210,27 @@ class Denoiser:
             raise InputError(f"this model's manifest has no noise coefficients to turn iso={iso:g} into noise "
                              f"levels; pass noise=(k, sigma2) in normalised units, or no ISO to estimate it "
                              f"from the frame")
-        return estimate()
+        try:
+            return estimate()
+        except NoiseEstimateError as e:
+            # a flat, noise-free or tiny frame is a legitimate input: run it at the least noise the
+            # model was trained for, and say so
+            lowest = self._lowest_trained_noise()
+            if lowest is None:
+                raise
+            noise, what = lowest
+            warnings.warn(f"{str(e).split(';')[0]}; denoised at {what} (pass iso= or noise= to choose)",
+                          NoiseFallbackWarning, stacklevel=4)
+            return noise
+
+    def _lowest_trained_noise(self) -> tuple[tuple[float, float], str] | None:
+        """(k, sigma^2) at the lowest ISO the model was trained for, when its manifest says."""
+        s = self.spec
+        iso_range = (s.notes.get("config") or {}).get("iso_range") if isinstance(s.notes, dict) else None
+        if s.ksigma is None or not iso_range:
+            return None
+        iso = float(min(iso_range))
+        return s.ksigma.noise(iso), f"the lowest noise the model was trained for (ISO {iso:g} of its training profile)"
 
     def _affine(self, levels: Levels, noise) -> tuple[float, float]:
         """network_input = normalised * gain + offset (k-sigma transform and manifest scaling).

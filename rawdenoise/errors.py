@@ -34,8 +34,20 @@ class ConversionError(RawDenoiseError):
     """A model or weight conversion failed (name/shape mismatch, parity failure...)."""
 
 
-class UnboundedContextWarning(UserWarning):
+class NoiseEstimateError(InputError):
+    """A frame's noise cannot be measured blind (too small, flat, saturated, too dark or textured)."""
+
+
+class RawDenoiseWarning(UserWarning):
+    """Something worth knowing about a result; the CLI prints it as one line."""
+
+
+class UnboundedContextWarning(RawDenoiseWarning):
     """A model with global context is tiled: tiles are blended, not exact (tile=0 runs one pass)."""
+
+
+class NoiseFallbackWarning(RawDenoiseWarning):
+    """A frame's noise could not be measured, and a default noise level was used instead."""
 
 
 def missing(package: str, extra: str, purpose: str) -> MissingDependencyError:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NoiseEstimateError
 
 # MAD of a zero-mean normal divided by its standard deviation
 _MAD_TO_STD = 1.4826
@@ -141,6 +141,9 @@ def fit_variance(means: np.ndarray, variances: np.ndarray, *, bins: int = 24, it
         ratio = bv / pred
         wgt = np.where(ratio > 1.25, 0.05, 1.0)
     if not np.isfinite(k) or k <= 0:
+        if np.median(bm) < 0.02:
+            # near black the signal-dependent part is not identifiable: no gain can be measured
+            return 0.0, float(np.median(bv))
         # no usable slope (e.g. a flat frame): fall back to a pure-gain model through the origin
         k = float(np.median(bv / np.maximum(bm, 1e-6)))
         s2 = 0.0
@@ -148,11 +151,13 @@ def fit_variance(means: np.ndarray, variances: np.ndarray, *, bins: int = 24, it
 
 
 def estimate_noise(x: np.ndarray, *, block: int = 16, max_blocks: int = 24000,
-                   min_blocks: int = 200) -> tuple[float, float]:
+                   min_blocks: int = 200, pixels: int = 1, frame_hw: tuple[int, int] | None = None) -> tuple[float, float]:
     """Blind (k, sigma2) of a normalised packed frame (C, h, w) in [0, 1] units.
 
     Small or busy frames with fewer than `min_blocks` smooth blocks are measured again with
-    blocks half the size.
+    blocks half the size. A frame that cannot be measured raises NoiseEstimateError naming the
+    cause, with sizes in the caller's pixels (`pixels` of them per sample of `x` along each axis:
+    2 for a packed Bayer frame; `frame_hw`: the whole frame's size when `x` holds bands of it).
 
     >>> k, sigma2 = estimate_noise(bayer.pack(raw, geom, black, white))
     """
@@ -163,7 +168,7 @@ def estimate_noise(x: np.ndarray, *, block: int = 16, max_blocks: int = 24000,
             fit = _estimate(x, block, max_blocks)
         except InputError:
             if block <= 8 and best is None:
-                raise
+                raise NoiseEstimateError(_why_not(x, pixels, frame_hw)) from None
             fit = None
         if fit is not None and (best is None or fit[2] > best[2]):
             best = fit
@@ -172,9 +177,30 @@ def estimate_noise(x: np.ndarray, *, block: int = 16, max_blocks: int = 24000,
         block //= 2
     k, s2, _ = best
     if k <= 0:
-        raise InputError("could not estimate the frame's noise (no signal-dependent variance found); "
-                         "pass iso= or noise=(k, sigma2)")
+        raise NoiseEstimateError(_why_not(x, pixels, frame_hw))
     return k, s2
+
+
+MIN_BLOCK = 8
+
+
+def _why_not(x: np.ndarray, pixels: int, frame_hw=None) -> str:
+    """Why a frame's noise cannot be measured blind, in one sentence with the fix."""
+    x = x if x.ndim == 3 else x[None]
+    h, w = frame_hw or (x.shape[1] * pixels, x.shape[2] * pixels)
+    need = MIN_BLOCK * pixels
+    fix = "give its ISO (iso= / --iso) or its noise parameters noise=(k, sigma2)"
+    if x.shape[1] < MIN_BLOCK or x.shape[2] < MIN_BLOCK:
+        return f"a {h} x {w} frame is too small to measure its noise (at least {need} x {need} pixels, rows x columns); {fix}"
+    c2 = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]
+    detail = (c2[:, 0::2, 0::2] - c2[:, 0::2, 1::2] - c2[:, 1::2, 0::2] + c2[:, 1::2, 1::2]) / 2
+    if not np.any(detail):
+        return f"the {h} x {w} frame shows no noise at all (flat or noise-free), so none can be measured; {fix}"
+    if np.mean(x >= 0.98) > 0.5:
+        return f"the {h} x {w} frame is mostly saturated, so its noise cannot be measured; {fix}"
+    if np.median(x) < 0.01:
+        return (f"the {h} x {w} frame is almost black: its noise has no signal-dependent part to measure; {fix}")
+    return f"only a few smooth regions in the {h} x {w} frame: it is too small or too textured to measure its noise; {fix}"
 
 
 def estimate_noise_bayer(raw: np.ndarray, geometry, black: np.ndarray, white: float, *, block: int = 16,
@@ -196,10 +222,11 @@ def estimate_noise_bayer(raw: np.ndarray, geometry, black: np.ndarray, white: fl
     n_bands = math.ceil(target_blocks / per_band)
     slots = (h2 - 2) // band              # bands inside packed rows 1..h2-2: no mirrored rows
     if n_bands >= slots:
-        return estimate_noise(bayer.pack(raw, g, black, white), block=block, max_blocks=target_blocks)
+        return estimate_noise(bayer.pack(raw, g, black, white), block=block, max_blocks=target_blocks, pixels=2,
+                              frame_hw=raw.shape)
     starts = 1 + band * np.linspace(0, slots - 1, n_bands).round().astype(int)
     x = bayer.pack_rows(raw, g, black, white, starts, band)
-    return estimate_noise(x, block=block)
+    return estimate_noise(x, block=block, pixels=2, frame_hw=raw.shape)
 
 
 def _estimate(x: np.ndarray, block: int, max_blocks: int) -> tuple[float, float, int]:

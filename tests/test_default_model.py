@@ -124,3 +124,16 @@ def test_demo_writes_its_files(tmp_path, capsys):
 
     frame = read_raw(tmp_path / "noisy.dng")
     assert frame.data.shape == (128, 192) and frame.cfa == "RGGB" and frame.meta.get("iso") == 3200
+
+
+@pytest.mark.parametrize("frame", [np.full((64, 64), 4000, np.uint16), np.full((64, 64), 512, np.uint16),
+                                   np.full((2, 5000), 900, np.uint16)])
+def test_frames_without_measurable_noise_run_at_the_lowest_trained_noise(frame):
+    from rawdenoise.errors import NoiseFallbackWarning
+
+    dn = Denoiser.load("default")
+    with pytest.warns(NoiseFallbackWarning, match=r"ISO 100"):
+        out = dn.run(frame, cfa="RGGB", black_level=512, white_level=16383)
+    assert out.shape == frame.shape and out.dtype == np.uint16
+    explicit = dn.run(frame, cfa="RGGB", black_level=512, white_level=16383, iso=100)
+    np.testing.assert_array_equal(out, explicit)

@@ -5,7 +5,7 @@ import pytest
 
 from rawdenoise import bayer
 from rawdenoise.errors import InputError
-from rawdenoise.noise import add_noise, estimate_noise, fit_variance, variance
+from rawdenoise.noise import add_noise, estimate_noise, estimate_noise_bayer, fit_variance, variance
 from tools import synth
 from tools.profile import default_profile
 
@@ -104,3 +104,29 @@ def test_estimate_from_bands_of_a_big_bayer_frame(cfa):
     levels = np.percentile(clean, [10, 50, 90])
     np.testing.assert_allclose(variance(levels, kb, sb), variance(levels, k, s2), rtol=0.15)
     np.testing.assert_allclose(variance(levels, kb, sb), variance(levels, kf, sf), rtol=0.05)
+
+
+@pytest.mark.parametrize("make,cause", [
+    (lambda rng: np.full((256, 256), 0.3), "no noise at all"),
+    (lambda rng: np.tile(np.linspace(0.1, 0.9, 256), (256, 1)), "no noise at all"),
+    (lambda rng: np.clip(1.0 + rng.normal(0, 0.01, (256, 256)), 0, 1), "mostly saturated"),
+    (lambda rng: 0.001 + rng.normal(0, 0.002, (256, 256)), "almost black"),
+])
+def test_blind_estimate_names_the_cause(make, cause, rng):
+    from rawdenoise import bayer
+    from rawdenoise.errors import NoiseEstimateError
+
+    raw = make(rng).astype(np.float32)
+    g = bayer.geometry(raw.shape, "RGGB", "RGGB")
+    with pytest.raises(NoiseEstimateError, match=cause):
+        estimate_noise_bayer(raw, g, np.zeros(4), 1.0)
+
+
+def test_sizes_are_given_in_the_callers_pixels(rng):
+    from rawdenoise import bayer
+    from rawdenoise.errors import NoiseEstimateError
+
+    raw = rng.random((2, 5000)).astype(np.float32)
+    g = bayer.geometry(raw.shape, "RGGB", "RGGB")
+    with pytest.raises(NoiseEstimateError, match=r"a 2 x 5000 frame is too small .*16 x 16 pixels"):
+        estimate_noise_bayer(raw, g, np.zeros(4), 1.0)

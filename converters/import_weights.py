@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import pickletools
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -27,25 +26,6 @@ from rawdenoise.errors import run_cli
 from .tfweights import HDF5_MAGIC, checkpoint_prefix, file_head
 
 FRAMEWORKS = ("torch", "paddle", "tf")
-
-
-def _pickle_globals(data: bytes, limit: int = 200) -> set[str]:
-    """Module names a pickle stream refers to, read with pickletools (nothing is executed)."""
-    mods: set[str] = set()
-    strings: list[str] = []
-    try:
-        for i, (op, arg, _) in enumerate(pickletools.genops(data)):
-            if op.name == "GLOBAL":
-                mods.add(str(arg).split(" ")[0])
-            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                strings.append(str(arg))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                mods.add(strings[-2])
-            if i > limit * 100:
-                break
-    except ValueError:  # unknown opcode or truncated stream: keep what was read, detection uses it
-        pass
-    return mods
 
 
 def detect_framework(path) -> str:
@@ -63,7 +43,9 @@ def detect_framework(path) -> str:
         if "model.weights.h5" in names:
             return "tf"
     elif head[:1] == b"\x80":
-        mods = _pickle_globals(p.read_bytes())
+        from rawdenoise.zoo.artifact import pickle_globals
+
+        mods = {n.split(".")[0] for n in pickle_globals(p.read_bytes()) or ()}
         if any(m.startswith("dnnlib") for m in mods):
             return "tf"
         if any(m.startswith("torch") for m in mods) or p.suffix in (".pt", ".pth", ".ckp", ".ckpt"):

@@ -43,3 +43,23 @@ def test_legacy_pickle_with_code_is_refused(tmp_path):
     with pytest.raises(UnsafeFileError):
         Denoiser.load(evil)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [os.urandom(1000), b"\x80\x02" + os.urandom(500), b"PK\x03\x04" + os.urandom(300),
+                                     b"\x80\x04\x95" + os.urandom(40)])
+def test_garbage_is_called_corrupt_not_unsafe(tmp_path, content):
+    from rawdenoise.errors import ModelFileError
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(content)
+    with pytest.raises(ModelFileError) as info:
+        Denoiser.load(garbage)
+    assert not isinstance(info.value, UnsafeFileError) and "corrupt" in str(info.value)
+
+
+def test_unsafe_names_the_global(tmp_path):
+    evil = tmp_path / "evil3.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": Payload(tmp_path / "x")}, f, protocol=4)
+    with pytest.raises(UnsafeFileError, match=r"names (posix|os|nt)\.system"):
+        Denoiser.load(evil)

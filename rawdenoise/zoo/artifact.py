@@ -7,6 +7,7 @@ a file whose pickle would import or call anything else is refused before anythin
 from __future__ import annotations
 
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 
@@ -22,23 +23,66 @@ FORMAT = "rawdenoise.pt"
 FORMAT_VERSION = 1
 
 
+def pickle_globals(data: bytes) -> list[str] | None:
+    """The `module.name` globals a pickle stream would import, read with pickletools (nothing is
+    executed); None when the bytes are not a complete pickle stream."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(str(arg))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            if op.name == "STOP":
+                return names
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a torch file: data.pkl of a zip archive, or the file itself."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                return z.read(name) if name else b""
+        except (zipfile.BadZipFile, OSError, KeyError):
+            return b""
+    return path.read_bytes()
+
+
+# modules a torch state_dict's pickle legitimately names (torch.load(weights_only=True) allows them)
+_TORCH_PICKLE_MODULES = ("torch.", "collections.", "_codecs.", "numpy.")
+
+
 def safe_torch_load(path):
-    """torch.load with weights_only=True, translating failures into clear SDK errors."""
+    """torch.load with weights_only=True, translating failures into clear SDK errors: a file whose
+    pickle names code to import is unsafe; one whose bytes do not even parse is corrupt."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        detail = next((l for l in first if "global" in l.lower() or "unsupported" in l.lower()), first[0] if first else "")
+        names = pickle_globals(_pickle_bytes(path))
+        if names is None:
+            raise ModelFileError(f"{path} is not a readable torch file: its contents are not a complete pickle "
+                                 f"(truncated, corrupt, or not a torch.save file)") from None
+        foreign = sorted({n for n in names if not n.startswith(_TORCH_PICKLE_MODULES)})
+        detail = f"it names {', '.join(foreign[:3])}" if foreign else str(e).strip().splitlines()[-1][:200]
         raise UnsafeFileError(
             f"{path} was refused: its pickle would import or call code beyond tensors and plain "
-            f"containers ({detail.strip()[:200]}); nothing from it was executed. Re-save the weights "
+            f"containers ({detail}); nothing from it was executed. Re-save the weights "
             f"as a plain state_dict or convert them with python -m converters.import_weights"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ModelFileError(f"{path} is not a readable torch file (truncated or corrupt?): {str(e)[:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            UnicodeDecodeError) as e:
+        raise ModelFileError(f"{path} is not a readable torch file (truncated or corrupt?): "
+                             f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
 
 
 # where training scripts commonly nest the state_dict inside a checkpoint

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ DELEGATED = {
 
 
 # ---- argument parsing -------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line too (exit status 2, as for every command-line tool), not a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _levels(text: str) -> float | list[float]:
     """--black 512 or --black 510,512,512,514 (4 values in the 2x2 order of the CFA)."""
     try:
@@ -35,7 +44,7 @@ def _levels(text: str) -> float | list[float]:
     return vals[0] if len(vals) == 1 else vals
 
 
-def _add_frame_options(p: argparse.ArgumentParser) -> None:
+def add_frame_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "frame metadata", "required for headerless .raw/.bin dumps; for other files they override the file's values")
     g.add_argument("--width", type=int, help="frame width in pixels (headerless dumps)")
@@ -47,7 +56,8 @@ def _add_frame_options(p: argparse.ArgumentParser) -> None:
                    help="pixel type of a headerless dump (default uint16)")
     g.add_argument("--byte-order", choices=("little", "big"), help="byte order of a headerless dump (default little)")
     g.add_argument("--offset", type=int, help="bytes to skip at the start of a headerless dump (default 0)")
-    g.add_argument("--iso", type=float, help="ISO of the shot (overrides the file's)")
+    g.add_argument("--iso", type=float, help="ISO of the shot (overrides the file's, and counts as given: a blind "
+                                             "model uses it instead of estimating the noise)")
 
 
 def _read_options(args) -> dict[str, Any]:
@@ -57,7 +67,7 @@ def _read_options(args) -> dict[str, Any]:
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def _read(path: Path, args):
+def read_frame(path: Path, args):
     from .rawio import HEADERLESS_SUFFIXES, read_raw
 
     opts = _read_options(args)
@@ -70,7 +80,7 @@ def _read(path: Path, args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rawdenoise", description="Denoise RAW photos with neural networks on torch, ONNX Runtime or TensorRT.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace existing output files")
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
-    _add_frame_options(d)
+    add_frame_options(d)
     d.set_defaults(func=cmd_denoise)
 
     i = sub.add_parser("info", help="show a RAW file's metadata or a model's manifest",
@@ -109,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", type=Path, metavar="FILE|MODEL")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--runtime", help="runtime to open a model with (default: from its suffix)")
-    _add_frame_options(i)
+    add_frame_options(i)
     i.set_defaults(func=cmd_info)
 
     for name, (module_name, help_text) in DELEGATED.items():
@@ -150,14 +160,15 @@ def _plan_outputs(args) -> list[tuple[Path, Path, Path | None]]:
     to_dir = out.is_dir()
     if len(inputs) > 1 and not to_dir:
         raise InputError(f"-o {out} must be an existing folder when denoising {len(inputs)} files")
-    if not to_dir and not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist; create it first")
+    check_writable_folder(out if to_dir else out.parent, "output")
     if not to_dir and out.suffix.lower() not in WRITERS:
         raise InputError(f"cannot tell the output format of {out.name!r}; end it in .dng, .tif, .tiff or .npy, "
                          f"or pass an existing folder")
     preview_dir = args.preview is not None and args.preview.is_dir()
     if args.preview is not None and len(inputs) > 1 and not preview_dir:
         raise InputError(f"--preview {args.preview} must be an existing folder when denoising {len(inputs)} files")
+    if args.preview is not None:
+        check_writable_folder(args.preview if preview_dir else args.preview.parent, "--preview")
     suffix = {"dng": ".dng", "tiff": ".tif", "npy": ".npy"}[args.format]
     plan, seen = [], set()
     for src in inputs:
@@ -179,6 +190,16 @@ def _plan_outputs(args) -> list[tuple[Path, Path, Path | None]]:
                 raise InputError(f"{target} already exists; pass --overwrite to replace it")
         plan.append((src, dst, prev))
     return plan
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse an output folder that cannot take the result before any work is done."""
+    if folder.is_file():
+        raise InputError(f"{what} folder {folder} is a file, not a folder; choose an output path in a folder")
+    if not folder.is_dir():
+        raise InputError(f"{what} folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{what} folder {folder} is not writable; choose another one or fix its permissions")
 
 
 def _load_denoiser(args):
@@ -211,8 +232,9 @@ def cmd_denoise(args) -> int:
         for src, dst, prev in bar:
             bar.set_postfix_str(src.name)
             try:
-                frame = _read(src, args)
-                clean = dn.run(frame, noise=_profile_noise(profile, frame), ensemble=args.ensemble)
+                frame = read_frame(src, args)
+                # an ISO on the command line is explicit, as run(iso=...) is (a file's ISO is metadata)
+                clean = dn.run(frame, iso=args.iso, noise=_profile_noise(profile, frame), ensemble=args.ensemble)
                 write_output(dst, clean, like=frame, overwrite=args.overwrite)
                 if prev is not None:
                     from .preview import write_preview
@@ -289,7 +311,7 @@ def cmd_info(args) -> int:
     else:
         if not path.is_file():
             raise InputError(f"{path} does not exist or is not a file")
-        info = {"file": str(path), **_read(path, args).describe()}
+        info = {"file": str(path), **read_frame(path, args).describe()}
         info.pop("source", None)
     _print_info(info, args.json)
     return 0
@@ -300,17 +322,28 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"rawdenoise: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning        # one line each, no source location
+            return int(args.func(args) or 0)
     except RawDenoiseError as e:
         print(f"rawdenoise: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rawdenoise: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (rawdenoise info X --json | head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -163,23 +163,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="model artifacts (.pt, .onnx, .engine); the first is the reference")
     p.add_argument("--raw", required=True, help="RAW file to denoise (camera RAW, DNG, .npy + .json sidecar)")
     p.add_argument("--tile", type=int, help="tile size in network pixels (default: each model's)")
-    p.add_argument("--iso", type=float, help="ISO of the shot (overrides the file's)")
     p.add_argument("--atol", type=float, help="exit 1 when any max difference exceeds this many DN")
     p.add_argument("--runtime", help="force one runtime for every model (default: from the suffix)")
     p.add_argument("--device", help="device for every model, e.g. cpu or cuda")
     p.add_argument("--repeat", type=int, default=1, help="runs per model; with N > 1 the first is a warm-up and the rest are timed")
-    p.add_argument("--cfa", help="CFA when the file does not say it")
-    p.add_argument("--black-level", type=float)
-    p.add_argument("--white-level", type=float)
+    from .cli import add_frame_options
+
+    add_frame_options(p)      # the same frame options as `rawdenoise denoise` (headerless dumps too)
 
 
 def run(args) -> int:
-    from .rawio import read_raw
+    from .cli import read_frame
 
-    frame = read_raw(Path(args.raw), **{k: v for k, v in (("cfa", getattr(args, "cfa", None)),
-                                                          ("black_level", getattr(args, "black_level", None)),
-                                                          ("white_level", getattr(args, "white_level", None)))
-                                        if v is not None})
+    frame = read_frame(Path(args.raw), args)
     rows = compare(args.models, frame, tile=args.tile, iso=args.iso, runtime=getattr(args, "runtime", None),
                    device=getattr(args, "device", None), repeat=max(1, getattr(args, "repeat", 1) or 1))
     print(format_table(rows))

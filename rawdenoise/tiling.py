@@ -145,12 +145,14 @@ def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], overlap:
     th, tw = (tile, tile) if isinstance(tile, (int, np.integer)) else (int(tile[0]), int(tile[1]))
     if multiple < 1:
         raise InputError(f"multiple must be >= 1, got {multiple}")
-    for t in (th, tw):
-        if t < 0 or t % multiple:
-            lo, hi = t // multiple * multiple, round_up(max(t, 1), multiple)
-            raise InputError(f"tile {t} is not a non-negative multiple of {multiple}; use {lo} or {hi}")
     if overlap < 0:
         raise InputError(f"overlap must be >= 0, got {overlap}")
+    smallest = round_up(overlap_needed(overlap, multiple) + multiple, multiple)  # that tiles at all
+    for t in (th, tw):
+        if t < 0 or t % multiple:
+            near = [v for v in (t // multiple * multiple, round_up(max(t, 1), multiple)) if v >= smallest]
+            use = " or ".join(map(str, near)) if near else f"{smallest} or more (overlap {overlap} needs it)"
+            raise InputError(f"tile {t} is not a non-negative multiple of {multiple}; use {use}, or 0 for no tiling")
     if height < 1 or width < 1:
         raise InputError(f"cannot tile an empty frame ({height} x {width})")
     return TilePlan(plan_axis(height, th, overlap, multiple, pad_to_tile),

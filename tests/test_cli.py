@@ -295,3 +295,78 @@ def test_npy_input_and_its_sidecar_are_protected(tmp_path, rng, identity_pt, cap
     _assert_one_line_error(rc, err)
     assert "input file itself" in err
     assert {p.name: sha256_file(p) for p in tmp_path.iterdir()} == hashes
+
+
+# ---- failures a user hits: one line each, nothing left behind --------------------------------------
+def _npy(tmp_path, data, name="shot", **meta):
+    np.save(tmp_path / f"{name}.npy", data)
+    (tmp_path / f"{name}.json").write_text(json.dumps({"cfa": "RGGB", "black_level": 512, "white_level": 16383,
+                                                       **meta}))
+    return tmp_path / f"{name}.npy"
+
+
+def test_iso_on_the_command_line_is_explicit(tmp_path, rng, capsys):
+    from rawdenoise import Denoiser
+
+    clean = 0.1 + 0.4 * np.add.outer(np.linspace(0, 1, 128), np.linspace(0, 1, 128)) / 2
+    k, s2 = 2e-4, 4e-6                                       # a noisy ISO-1600-like frame
+    noisy = np.clip(clean + rng.normal(0, np.sqrt(k * clean + s2)), 0, 1)
+    data = np.rint(512 + noisy * (16383 - 512)).astype(np.uint16)
+    src = _npy(tmp_path, data, iso=100)                       # the file says ISO 100
+    assert _run(["denoise", src, "-o", tmp_path / "blind.npy"], capsys)[0] == 0
+    assert _run(["denoise", src, "-o", tmp_path / "given.npy", "--iso", 1600], capsys)[0] == 0
+    blind, given = np.load(tmp_path / "blind.npy"), np.load(tmp_path / "given.npy")
+    assert np.abs(blind.astype(int) - given).max() > 0       # the ISO counted
+    want = Denoiser.load("default").run(data, cfa="RGGB", black_level=512, white_level=16383, iso=1600)
+    np.testing.assert_array_equal(given, want)
+
+
+def test_output_folder_problems_are_found_before_any_work(tmp_path, rng, identity_pt, capsys, monkeypatch):
+    src = _npy(tmp_path, _frame(rng), name="in")
+    (tmp_path / "a_file.kdc").write_bytes(b"x")
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "a_file.kdc" / "out.dng", "--model", identity_pt], capsys)
+    _assert_one_line_error(rc, err)
+    assert "is a file, not a folder" in err
+    import rawdenoise.cli as cli
+
+    def refuse(path, mode):
+        return Path(path) != tmp_path / "locked"
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(cli.os, "access", refuse)
+    monkeypatch.setattr("rawdenoise.denoiser.Denoiser.run", lambda *a, **k: pytest.fail("work started"))
+    for argv in (["-o", tmp_path / "locked" / "out.dng"],
+                 ["-o", tmp_path / "out.dng", "--preview", tmp_path / "locked" / "p.png"]):
+        rc, _, err = _run(["denoise", src, "--model", identity_pt, *argv], capsys)
+        _assert_one_line_error(rc, err)
+        assert "not writable" in err
+    assert not list((tmp_path / "locked").iterdir()) and not (tmp_path / "out.dng").exists()
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["denoise"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "rawdenoise denoise: error:" in err
+
+
+def test_warnings_are_one_line(tmp_path, capsys):
+    src = _npy(tmp_path, np.full((64, 64), 4000, np.uint16), name="flat")
+    rc, _, err = _run(["denoise", src, "-o", tmp_path / "flat_out.npy"], capsys)
+    assert rc == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rawdenoise: warning: ") and "no noise" in lines[0]
+
+
+def test_info_into_a_closed_pipe_is_quiet(identity_pt):
+    r = subprocess.run(f"{sys.executable} -m rawdenoise info {identity_pt} --json | head -c 10",
+                       shell=True, capture_output=True, text=True, cwd=ROOT)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr and len(r.stdout) == 10
+
+
+def test_compare_takes_the_headerless_options(tmp_path, rng, identity_pt, capsys):
+    data = _frame(rng, 24, 32)
+    (tmp_path / "dump.raw").write_bytes(data.astype("<u2").tobytes())
+    rc, out, err = _run(["compare", identity_pt, identity_pt, "--raw", tmp_path / "dump.raw", "--width", 32,
+                         "--height", 24, "--cfa", "RGGB", "--black", 60, "--white", 4095], capsys)
+    assert rc == 0, err
+    assert "identity.pt (ref)" in out

@@ -112,6 +112,9 @@ def test_conv_stack_tiled_equals_untiled_with_overlap_at_receptive_radius(rng):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(tile=33, overlap=0, multiple=16), "multiple of 16; use 32 or 48"),
+    # the suggestions are tiles that work: 48 and 56 are too small for overlap 46 on a grid of 8
+    (dict(tile=50, overlap=46, multiple=8), "multiple of 8; use 104 or more"),
+    (dict(tile=150, overlap=46, multiple=8), "use 144 or 152"),
     (dict(tile=32, overlap=10, multiple=16), "too small for overlap"),
     (dict(tile=32, overlap=-1, multiple=16), "overlap"),
 ])

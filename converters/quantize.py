@@ -34,6 +34,9 @@ from rawdenoise.errors import run_cli
 METHODS = ("minmax", "entropy", "percentile")
 # the default 128 histogram bins make entropy calibration pick the same ranges as min/max
 ENTROPY_BINS = 2048
+# held-back accuracy below which the command warns
+WARN_PSNR_DB = 40.0
+WARN_MAX_SHARE = 0.05
 PERCENTILE = 99.999
 
 
@@ -46,6 +49,15 @@ class QuantReport:
     max_err_dn: float
     mean_err_dn: float
     notes: dict[str, Any] = field(default_factory=dict)
+    max_err_share: float = math.nan      # the largest error as a share of white - black
+
+    def warning(self) -> str | None:
+        """A loud line when the held-back error says the INT8 model loses the picture somewhere."""
+        if not self.n_held or (self.psnr_db >= WARN_PSNR_DB and self.max_err_share <= WARN_MAX_SHARE):
+            return None
+        return (f"INT8 differs from FP32 by up to {self.max_err_dn:.4g} DN ({100 * self.max_err_share:.1f} % of the "
+                f"range; PSNR {self.psnr_db:.1f} dB) on held-back tiles: check the calibration frames (exposures, "
+                f"ISOs) against the frames you will denoise, or keep sensitive layers in float")
 
     def line(self) -> str:
         if not self.n_held:
@@ -273,9 +285,10 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
         # PSNR on the normalised scale: peak = white - black of each tile's frame
         norm = np.concatenate([e / peak[k] for k, e in enumerate(err_dn)])
         p = psnr(norm, np.zeros_like(norm))
+        share = float(np.abs(norm).max())
     with atomic_output(dst_onnx, overwrite=overwrite) as tmpf:
         tmpf.write_bytes(data)
-    return QuantReport(dst_onnx, n_calib, len(held), p, mx, mean, notes)
+    return QuantReport(dst_onnx, n_calib, len(held), p, mx, mean, notes, share if len(held) else math.nan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                        progress=args.progress, overwrite=args.overwrite, target=args.target,
                        float_ends=args.float_ends)
         print(rep.line())
+        if rep.warning():
+            print(f"quantize: WARNING: {rep.warning()}", file=sys.stderr)
         return 0
 
     return run_cli(body, "quantize")

@@ -103,6 +103,12 @@ class _SpecRunner:
         raise AssertionError("calibration runner cannot infer")
 
 
+# calibration tiles whose brightest pixel stays below this share of white are also used brightened
+# to white: the quantized ranges must cover every value the network can receive, [0, white] after
+# the manifest's scaling, whatever exposure the calibration frames happen to have
+HIGHLIGHT_REACH = 0.9
+
+
 @dataclass(frozen=True)
 class PreparedFrame:
     """Network input of one frame and the factor that turns network units back into DN."""
@@ -111,6 +117,17 @@ class PreparedFrame:
     dn_per_unit: float     # (white - mean black) / gain: network units -> DN
     peak_dn: float         # white - mean black
     source: str
+    gain: float = 1.0      # network input = normalised * gain + offset
+    offset: float = 0.0
+
+    def brightened(self, tile: np.ndarray) -> np.ndarray | None:
+        """The tile as a brighter exposure whose brightest pixel is at white, or None when it
+        already reaches HIGHLIGHT_REACH of white (or holds no signal)."""
+        top = (float(tile.max()) - self.offset) / self.gain    # normalised: 1.0 is white
+        if top >= HIGHLIGHT_REACH or top <= 1e-3:
+            return None
+        f = 1.0 / top
+        return ((tile - np.float32(self.offset)) * np.float32(f) + np.float32(self.offset)).astype(np.float32)
 
 
 class CalibrationTiles:
@@ -154,7 +171,7 @@ class CalibrationTiles:
         p = self._dn.prepare(raw, **self.overrides)
         peak = p.levels.white - float(np.mean(p.levels.black))
         src = str(raw) if isinstance(raw, (str, os.PathLike)) else type(raw).__name__
-        return PreparedFrame(p.x, float(peak / p.gain), float(peak), src)
+        return PreparedFrame(p.x, float(peak / p.gain), float(peak), src, float(p.gain), float(p.offset))
 
     def plan(self, x: np.ndarray):
         return self._dn.plan(x)
@@ -186,10 +203,13 @@ class CalibrationTiles:
                     cal = set(order[n_held:n_held + n_cal].tolist()) if want_calib else set()
                     scale = (frame.dn_per_unit, frame.peak_dn)
                     for j, (_, _, t) in enumerate(iter_tiles(frame.x, plan)):
-                        if j in cal:
-                            yield "calib", t, scale
-                        elif j in held:
-                            yield "held", t, scale
+                        role = "calib" if j in cal else "held" if j in held else None
+                        if role is None:
+                            continue
+                        yield role, t, scale
+                        bright = frame.brightened(t)
+                        if bright is not None:    # highlights, for ranges and for the accuracy report
+                            yield role, bright, scale
                     del frame
                 if bar is not None:
                     bar.update(1)
@@ -253,8 +273,9 @@ class CalibrationTiles:
         return out
 
     def __len__(self) -> int:
-        """Upper bound of calibration tiles (frames may hold fewer tiles than their quota)."""
-        return self.samples
+        """Upper bound of calibration tiles: `samples`, each possibly with its brightened copy
+        (frames may hold fewer tiles than their quota)."""
+        return 2 * self.samples
 
     @property
     def tile_shape(self) -> tuple[int, int] | None:

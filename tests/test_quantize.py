@@ -81,7 +81,8 @@ def test_manifest_int8_with_calibration_hashes(int8_model, calib_dir):
     want = {hashlib.sha256(p.read_bytes()).hexdigest() for p in calib_dir.glob("*.npy")}
     assert want <= set(spec.origin["calibration_sha256"])
     assert spec.notes["quantization"]["method"] == "minmax"
-    assert rep.n_calib == 8 and rep.n_held == 4
+    # every tile of these frames stays below 90 % of white, so each is also used brightened to white
+    assert rep.n_calib == 16 and rep.n_held == 8
 
 
 def _frame_psnr(got, ref):
@@ -226,3 +227,42 @@ def test_tensorrt_refuses_asymmetric_int8(cpu_int8_model, int8_model, tmp_path):
         from types import SimpleNamespace
 
         build_engine(cpu_int8_model, tmp_path / "x.engine", trt=SimpleNamespace(__version__="10.8.0"))
+
+
+def test_calibration_covers_highlights_the_frames_never_reach(tiny_unet_onnx, tmp_path, monkeypatch):
+    """Calibration frames that stay below 40 % of white must still give an INT8 model whose input
+    range reaches white (after the manifest's scaling): the tiles are also used brightened to white."""
+    import rawdenoise.calibration as calibration
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(3)
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    for i in range(2):
+        frame = BLACK + 0.4 * (scene(rng, 160, 224, phase=i).astype(np.float64) - BLACK) / 1.5
+        np.save(dark / f"d{i}.npy", frame.astype(np.uint16))
+        (dark / f"d{i}.json").write_text(json.dumps({"cfa": "RGGB", "black_level": BLACK, "white_level": WHITE}))
+    assert np.load(dark / "d0.npy").max() < 0.45 * WHITE
+
+    def input_range_top(reach):
+        monkeypatch.setattr(calibration, "HIGHLIGHT_REACH", reach)
+        out = tmp_path / f"q{reach}.onnx"
+        quantize(tiny_unet_onnx, out, [dark], method="minmax", samples=8, holdout=2, tile=(64, 64), overwrite=True)
+        m = onnx.load(str(out))
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == m.graph.input[0].name)
+        scale, zero = float(inits[q.input[1]]), int(inits[q.input[2]])
+        return (255 - zero) * scale                      # the largest input value it represents
+
+    # this model's input is the normalised frame: white is 1.0
+    reach = calibration.HIGHLIGHT_REACH
+    assert input_range_top(0.0) < 0.5                    # the frames alone never reach highlights
+    assert input_range_top(reach) >= 0.99
+
+
+def test_a_large_held_back_error_warns(capsys):
+    from converters.quantize import QuantReport
+
+    ok = QuantReport("m.onnx", 8, 4, 55.0, 30.0, 2.0, max_err_share=0.002)
+    bad = QuantReport("m.onnx", 8, 4, 31.0, 9270.0, 40.0, max_err_share=0.57)
+    assert ok.warning() is None and "9270 DN" in bad.warning() and "57.0 %" in bad.warning()

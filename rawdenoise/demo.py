@@ -46,12 +46,32 @@ def _write_png(path: Path, panels: list[np.ndarray], overwrite: bool) -> None:
         Image.fromarray(np.concatenate(row, axis=1)).save(tmp, format="PNG")
 
 
+def camera_meta(cam: dict) -> dict:
+    """The DNG colour metadata of the synthetic camera `tools.synth.unprocess` drew (`cam`), so that
+    RAW developers render its frames in the clean scene's colours.
+
+    unprocess maps linear sRGB to camera RGB by `ccm` (rows summing to 1) and then divides red and
+    blue by the white-balance gains, so XYZ -> camera is diag(1/r, 1, 1/b) @ ccm @ (XYZ -> sRGB),
+    for D65 light as sRGB's white is; a D65 white (sRGB 1, 1, 1) lands on (1/r, 1, 1/b), which is
+    the as-shot neutral. Matrix and neutral describe the same camera, so a developer's white
+    balance and colour matrix undo exactly what unprocess did (tone curve aside: developers apply
+    their own).
+    """
+    from .dng import CALIBRATION_D65, XYZ_TO_SRGB
+
+    r_gain, b_gain = (float(g) for g in cam["wb"])
+    to_camera = np.diag([1.0 / r_gain, 1.0, 1.0 / b_gain]) @ np.asarray(cam["ccm"]) @ np.asarray(XYZ_TO_SRGB)
+    return {"make": "rawdenoise", "model": "synthetic demo camera",
+            "color_matrix": to_camera.tolist(), "calibration_illuminant": CALIBRATION_D65,
+            "as_shot_neutral": [1.0 / r_gain, 1.0, 1.0 / b_gain]}
+
+
 def run(args) -> int:
     from tools.profile import default_profile
     from tools.synth import add_sensor_noise, dead_leaves, develop, to_dn, unprocess
 
     from . import Denoiser
-    from .dng import XYZ_TO_SRGB, write_dng
+    from .dng import write_dng
     from .rawio import make_frame
 
     h, w = (int(v) for v in args.size)
@@ -67,11 +87,7 @@ def run(args) -> int:
     k, s2 = profile.normalised(args.iso)
     noisy = add_sensor_noise(clean, k, s2, rng)
     noisy_dn = to_dn(noisy, profile)
-    # DNG colour: XYZ -> camera (white balance included) and the camera's neutral
-    wb = np.diag([1.0 / cam["wb"][0], 1.0, 1.0 / cam["wb"][1]])
-    meta = {"iso": args.iso, "make": "rawdenoise", "model": "synthetic demo camera",
-            "color_matrix": wb @ cam["ccm"] @ np.asarray(XYZ_TO_SRGB),
-            "as_shot_neutral": [1.0 / cam["wb"][0], 1.0, 1.0 / cam["wb"][1]]}
+    meta = {"iso": args.iso, **camera_meta(cam)}
     frame = make_frame(noisy_dn, "RGGB", list(profile.black_level), profile.white_level, meta)
     write_dng(out / "noisy.dng", noisy_dn, like=frame, overwrite=args.overwrite)
 

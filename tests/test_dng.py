@@ -162,3 +162,127 @@ def test_like_frame_supplies_fields(tmp_path, rng):
     p = dng.write_output(tmp_path / "x.npy", np.asarray(frame.data), like=frame)
     side = json.loads(p.with_suffix(".json").read_text())
     assert side["cfa"] == "GRBG" and side["black_level"] == [5, 6, 7, 8] and side["iso"] == 100
+
+
+# ---- colour and rendering tags carried from a source DNG (meta["dng"]) -----------------------------------
+def _example_value(name, spec, h, w):
+    """A plausible value of each kind of carried tag, as meta["dng"] holds it."""
+    if spec.type == dng.TEXT:
+        return f"{name} ü" if name == "ProfileCopyright" else f"{name} text"  # UTF-8 goes as BYTE
+    if name.startswith("OpcodeList"):
+        return bytes(4)  # an empty opcode list: a big-endian count of 0
+    if spec.type == dng.UNDEFINED:
+        return bytes(range(1, 9))
+    if name in ("DefaultCropOrigin", "DefaultCropSize"):
+        return [2, 4] if name.endswith("Origin") else [w - 6, h - 8]
+    if name == "DefaultUserCrop":
+        return [0.1, 0.0, 0.9, 1.0]
+    if name.startswith("BlackLevelDelta"):
+        n = w if name.endswith("H") else h
+        return [(-1.0) ** i * 0.5 for i in range(n)]  # mean 0 or 0.5/n: LibRaw adds nothing
+    n = {"width": w, "height": h}.get(spec.count, spec.count) or 6
+    if spec.type in (dng.SHORT, dng.LONG):
+        return 3 if n == 1 else list(range(1, n + 1))
+    vals = [round(0.25 + 0.125 * i, 4) * (-1 if spec.type == dng.SRATIONAL and i % 4 == 1 else 1) for i in range(n)]
+    return vals[0] if n == 1 else vals
+
+
+def test_every_carried_tag_round_trips(tmp_path, rng):
+    """write_dng writes each tag of CARRIED_TAGS and read_raw reads it back the same."""
+    h, w = 24, 36
+    carried = {name: _example_value(name, spec, h, w) for name, spec in dng.CARRIED_TAGS.items()}
+    carried["DNGVersion"] = [1, 6, 0, 0]
+    from rawdenoise.rawio import read_raw
+
+    meta = {**META, "as_shot_neutral": None, "dng": carried}  # AsShotWhiteXY is the white here
+    p = dng.write_dng(tmp_path / "x.dng", _mosaic(rng, h, w, [64] * 4), cfa="RGGB", black_level=64,
+                      white_level=4095, meta=meta)
+    back = read_raw(p).meta["dng"]
+    assert sorted(back) == sorted(carried)
+    for name, value in carried.items():
+        if isinstance(value, (list, float)):
+            np.testing.assert_allclose(back[name], value, rtol=0, atol=1e-9, err_msg=name)
+        else:
+            assert back[name] == value, name
+
+
+def test_carried_tag_types(tmp_path, rng):
+    tifffile = pytest.importorskip("tifffile")
+    carried = {"ColorMatrix2": np.eye(3).ravel().tolist(), "BaselineExposure": -0.5, "AnalogBalance": [1, 1, 1.1],
+               "CalibrationIlluminant2": 21, "ProfileToneCurve": [0.0, 0.0, 0.5, 0.6, 1.0, 1.0],
+               "ProfileName": "Neutral", "ProfileCopyright": "© nobody", "OpcodeList3": bytes(4),
+               "DefaultCropOrigin": [2, 2], "DefaultCropSize": [10.5, 8]}
+    p = dng.write_dng(tmp_path / "x.dng", _mosaic(rng, 16, 16, [0] * 4), cfa="RGGB", black_level=0,
+                      white_level=4095, meta={"dng": carried})
+    with tifffile.TiffFile(p) as tf:
+        tags = {t.code: (int(t.dtype), t.value) for t in tf.pages[0].tags}
+    kinds = {50722: 10, 50730: 10, 50727: 5, 50779: 3, 50940: 11, 50936: 2, 50942: 1, 51022: 7, 50719: 4, 50720: 5}
+    assert {code: tags[code][0] for code in kinds} == kinds
+    assert tags[50942][1].rstrip(b"\0").decode("utf-8") == "© nobody"
+    np.testing.assert_allclose(tags[50940][1], carried["ProfileToneCurve"])
+
+
+@pytest.mark.parametrize("given, written", [(None, (1, 4, 0, 0)), ([1, 2, 0, 0], (1, 4, 0, 0)),
+                                            ([1, 6, 0, 0], (1, 6, 0, 0))])
+def test_dng_version_follows_a_newer_source(tmp_path, given, written):
+    tifffile = pytest.importorskip("tifffile")
+    meta = {"dng": {"DNGVersion": given}} if given else {}
+    p = dng.write_dng(tmp_path / "x.dng", np.zeros((8, 8), np.uint16), cfa="RGGB", black_level=0,
+                      white_level=4095, meta=meta)
+    with tifffile.TiffFile(p) as tf:
+        assert tuple(tf.pages[0].tags[50706].value) == written
+
+
+def test_white_balance_is_written_once(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+
+    def tags(meta):
+        p = dng.write_dng(tmp_path / "x.dng", np.zeros((8, 8), np.uint16), cfa="RGGB", black_level=0,
+                          white_level=4095, meta=meta, overwrite=True)
+        with tifffile.TiffFile(p) as tf:
+            return {t.code for t in tf.pages[0].tags}
+
+    xy = {"AsShotWhiteXY": [0.3457, 0.3585]}
+    # the source's AsShotWhiteXY stands alone; LibRaw's multipliers (wb) do not add a neutral to it
+    assert {50729} <= tags({"dng": xy, "wb": [2.0, 1.0, 1.5, 0]}) and 50728 not in tags({"dng": xy})
+    # a neutral given explicitly wins over the source's white
+    t = tags({"dng": xy, "as_shot_neutral": [0.5, 1, 0.7]})
+    assert 50728 in t and 50729 not in t
+
+
+@pytest.mark.parametrize("given, written", [(None, 21), (17, 17), (0, 0)])
+def test_calibration_illuminant_stays_with_its_matrix(tmp_path, given, written):
+    tifffile = pytest.importorskip("tifffile")
+    meta = {"color_matrix": META["color_matrix"], "calibration_illuminant": given}
+    p = dng.write_dng(tmp_path / "x.dng", np.zeros((8, 8), np.uint16), cfa="RGGB", black_level=0,
+                      white_level=4095, meta=meta)
+    with tifffile.TiffFile(p) as tf:
+        assert tf.pages[0].tags[50778].value == written
+    # without a matrix the XYZ->sRGB fallback is written, which is for D65 whatever was given
+    p = dng.write_dng(tmp_path / "y.dng", np.zeros((8, 8), np.uint16), cfa="RGGB", black_level=0,
+                      white_level=4095, meta={"calibration_illuminant": given})
+    with tifffile.TiffFile(p) as tf:
+        assert tf.pages[0].tags[50778].value == 21
+        cm = np.asarray(tf.pages[0].tags[50721].value, float).reshape(-1, 2)
+        np.testing.assert_allclose(cm[:, 0] / cm[:, 1], np.ravel(dng.XYZ_TO_SRGB), atol=1e-6)
+
+
+@pytest.mark.parametrize("carried, match", [
+    ({"Foo": 1}, r"'Foo', which is not a DNG tag the writer carries"),
+    ({"ColorMatrix1": [1] * 9}, r"written from meta\['color_matrix'\]"),
+    ({"ColorMatrix2": [1] * 8}, r"\['ColorMatrix2'\] has 8 values, the DNG tag holds 9"),
+    ({"BlackLevelDeltaH": [0] * 5}, r"holds 12 \(one per column of the 12x8 image written\)"),
+    ({"DefaultCropOrigin": [4, 0], "DefaultCropSize": [10, 8]}, r"does not fit the 12x8 image written"),
+    ({"OpcodeList2": [0, 0, 0, 0]}, r"must be non-empty bytes"),
+    ({"BaselineNoise": -1}, r"must not be negative"),
+    ({"ProfileEmbedPolicy": 1.5}, r"must be whole numbers"),
+    ({"BaselineExposure": "bright"}, r"must be finite numbers"),
+    ({"DNGVersion": [1, 4]}, r"must be 4 numbers"),
+])
+def test_bad_dng_meta_is_one_clear_error(tmp_path, carried, match):
+    with pytest.raises(InputError, match=match) as e:
+        dng.write_dng(tmp_path / "x.dng", np.zeros((8, 12), np.uint16), cfa="RGGB", black_level=0,
+                      white_level=4095, meta={"dng": carried})
+    assert "\n" not in str(e.value) and ("fix" in str(e.value) or "remove" in str(e.value)
+                                         or "put the value" in str(e.value) or "such as" in str(e.value))
+    assert list(tmp_path.iterdir()) == []

@@ -213,3 +213,170 @@ def test_cfa_tiff_round_trip(tmp_path, rng):
     np.testing.assert_array_equal(frame.data, data)
     assert frame.cfa == "GBRG" and frame.black_level == (1, 2, 3, 4) and frame.white_level == 4095
     assert read_raw(p, cfa="RGGB").cfa == "RGGB"
+
+
+# ---- colour metadata: LibRaw's camera matrix for non-DNG files, DNG tags for DNGs ----------------------------
+class _FakeRaw:
+    """What libraw_colour reads from a rawpy.RawPy, for cameras we have no files of."""
+
+    def __init__(self, cam_xyz=None, cmatrix=None, camera_wb=(0.0, 1.0, 0.0, 0.0), daylight=(2.0, 1.0, 1.5, 0.0)):
+        self.rgb_xyz_matrix = np.zeros((4, 3), np.float32) if cam_xyz is None else np.vstack(
+            [np.asarray(cam_xyz, np.float32), np.zeros((1, 3), np.float32)])
+        self.color_matrix = np.zeros((3, 4), np.float32) if cmatrix is None else np.hstack(
+            [np.asarray(cmatrix, np.float32), np.zeros((3, 1), np.float32)])
+        self.camera_whitebalance = list(camera_wb)
+        self.daylight_whitebalance = list(daylight)
+
+
+# LibRaw's table entry for the Canon EOS 5D Mark II (x 10000 in LibRaw's source)
+CANON_5D2 = np.array([[4716, 603, -830], [-7798, 15474, 2480], [-1496, 1937, 6651]]) / 10000
+
+
+def test_libraw_matrix_is_the_dng_color_matrix():
+    """rawpy's rgb_xyz_matrix is already divided by 10000: written as it is, decimals kept, for D65."""
+    c = rawio.libraw_colour(_FakeRaw(cam_xyz=CANON_5D2, camera_wb=(2.2, 1.0, 1.6, 1.0)))
+    assert c["color_matrix"] == CANON_5D2.tolist()  # 0.4716 exactly, not float32's 0.47159999
+    assert c["calibration_illuminant"] == dng.CALIBRATION_D65
+    np.testing.assert_allclose(c["as_shot_neutral"], [1 / 2.2, 1.0, 1 / 1.6])
+    assert c["wb"] == pytest.approx([2.2, 1.0, 1.6, 1.0])
+
+
+def test_file_without_white_balance_gets_the_daylight_neutral():
+    c = rawio.libraw_colour(_FakeRaw(cam_xyz=CANON_5D2))  # camera_whitebalance [0, 1, 0, 0]: none
+    assert c["wb"] is None
+    np.testing.assert_allclose(c["as_shot_neutral"], [0.5, 1.0, 1 / 1.5])
+
+
+def test_matrix_read_from_the_file_develops_as_libraw_would(tmp_path):
+    """No table entry but a camera -> sRGB matrix from the file: the XYZ -> camera matrix written
+    makes LibRaw compute that same camera -> sRGB matrix for the DNG."""
+    rawpy = pytest.importorskip("rawpy")
+    rgb_cam = np.array([[1.71, -0.52, -0.19], [-0.21, 1.48, -0.27], [0.02, -0.55, 1.53]])  # rows sum to 1
+    c = rawio.libraw_colour(_FakeRaw(cmatrix=rgb_cam, camera_wb=(1.9, 1.0, 1.4, 0.0)))
+    assert c["calibration_illuminant"] == dng.CALIBRATION_D65
+    p = dng.write_dng(tmp_path / "x.dng", np.full((24, 24), 1000, np.uint16), cfa="RGGB", black_level=0,
+                      white_level=4095, meta=c)
+    with rawpy.imread(str(p)) as r:
+        np.testing.assert_allclose(r.color_matrix[:, :3], rgb_cam, atol=2e-4)
+
+
+def test_no_matrix_anywhere_falls_back_to_srgb():
+    c = rawio.libraw_colour(_FakeRaw(camera_wb=(2.0, 1.0, 1.5, 0.0)))
+    assert c["color_matrix"] is None and c["calibration_illuminant"] is None
+    tags = dng.dng_tags(8, 8, "RGGB", [0] * 4, 4095, c)
+    np.testing.assert_allclose(tags[50721][1], np.ravel(dng.XYZ_TO_SRGB))
+
+
+def test_libraw_crop_is_relative_to_the_visible_area():
+    from types import SimpleNamespace
+
+    sizes = SimpleNamespace(width=6000, height=4000, left_margin=100, top_margin=40, crop_left_margin=124,
+                            crop_top_margin=52, crop_width=5952, crop_height=3968)
+    assert rawio.libraw_crop(sizes) == {"DefaultCropOrigin": [24, 12], "DefaultCropSize": [5952, 3968]}
+    for bad in ({"crop_width": 0}, {"crop_left_margin": 90}, {"crop_width": 6000},
+                {"crop_left_margin": 100, "crop_top_margin": 40, "crop_width": 6000, "crop_height": 4000}):
+        assert rawio.libraw_crop(SimpleNamespace(**{**vars(sizes), **bad})) == {}
+
+
+def _tiff_page(tags: dict, shape):
+    """What _map_geometry reads of tifffile's raw page."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(imagelength=shape[0], imagewidth=shape[1],
+                           tags={code: SimpleNamespace(value=v) for code, v in tags.items()})
+
+
+def test_geometry_follows_the_visible_area():
+    from types import SimpleNamespace
+
+    # active area rows 10..110, columns 20..220 of a 120 x 240 stored image; LibRaw shows 2 rows and
+    # 4 columns less at the top-left
+    raw = _tiff_page({50829: (10, 20, 110, 220)}, (120, 240))
+    sizes = SimpleNamespace(top_margin=12, left_margin=24, height=98, width=196)
+    tags = {"DefaultCropOrigin": [8, 4], "DefaultCropSize": [184, 92], "OpcodeList1": b"1", "OpcodeList2": b"2",
+            "OpcodeList3": b"3", "BlackLevelDeltaH": [1.0] * 200, "ProfileName": "kept"}
+    rawio._map_geometry(tags, raw, sizes)
+    assert tags == {"DefaultCropOrigin": [4, 2], "DefaultCropSize": [184, 92], "ProfileName": "kept"}
+    # a crop reaching outside the visible area is clipped to it
+    tags = {"DefaultCropOrigin": [0, 0], "DefaultCropSize": [190, 95]}
+    rawio._map_geometry(tags, raw, sizes)
+    assert tags == {"DefaultCropOrigin": [0, 0], "DefaultCropSize": [186, 93]}
+    tags = {"DefaultCropOrigin": [0, 0], "DefaultCropSize": [200, 100]}  # covers it all: no crop
+    rawio._map_geometry(tags, raw, sizes)
+    assert tags == {}
+    # visible == active: area-wide opcode lists stay; OpcodeList1 needs the whole stored image
+    sizes = SimpleNamespace(top_margin=10, left_margin=20, height=100, width=200)
+    tags = {"OpcodeList1": b"1", "OpcodeList2": b"2", "OpcodeList3": b"3"}
+    rawio._map_geometry(tags, raw, sizes)
+    assert tags == {"OpcodeList2": b"2", "OpcodeList3": b"3"}
+    whole = SimpleNamespace(top_margin=0, left_margin=0, height=120, width=240)
+    for extra, kept in (({}, True), ({50712: (0, 1, 2)}, False)):  # LinearizationTable: values changed
+        tags = {"OpcodeList1": b"1"}
+        rawio._map_geometry(tags, _tiff_page(extra, (120, 240)), whole)
+        assert ("OpcodeList1" in tags) is kept
+
+
+def test_black_level_deltas_keep_the_black_of_every_pixel(tmp_path):
+    """LibRaw folds the rounded mean of BlackLevelDeltaH/V into the black level it reports; the
+    written deltas keep the rest, so BlackLevel + deltas per pixel equal the source's and LibRaw
+    reports the same black for both files."""
+    tifffile = pytest.importorskip("tifffile")
+    rawpy = pytest.importorskip("rawpy")
+    h, w = 24, 28  # LibRaw reads nothing under 22 pixels a side
+    dh = [3.0 + 0.5 * (i % 3) for i in range(w)]  # mean 3.45
+    dv = [1.0 + 0.25 * (i % 2) for i in range(h)]  # mean 1.125
+    tags = dng.dng_tags(h, w, "RGGB", [100] * 4, 4095, {})
+    tags[50715] = (dng.SRATIONAL, dh)
+    tags[50716] = (dng.SRATIONAL, dv)
+    data = np.full((h, w), 1000, "<u2")
+    dng.write_tiff_file(tmp_path / "src.dng", tags, data.tobytes())
+    frame = read_raw(tmp_path / "src.dng")
+    assert frame.black_level == (104.0,) * 4  # 100 + round(3.45) + round(1.125)
+    out = dng.write_dng(tmp_path / "out.dng", np.asarray(frame.data), like=frame)
+    with tifffile.TiffFile(out) as tf:
+        t = {x.code: x.value for x in tf.pages[0].tags}
+    def ratio(v):
+        a = np.asarray(v, float).reshape(-1, 2)
+        return a[:, 0] / a[:, 1]
+
+    total_src = 100 + np.add.outer(dv, dh)
+    total_out = np.asarray(t[50714], float)[0] + np.add.outer(ratio(t[50716]), ratio(t[50715]))
+    np.testing.assert_allclose(total_out, total_src, atol=1e-6)
+    with rawpy.imread(str(out)) as a, rawpy.imread(str(tmp_path / "src.dng")) as b:
+        assert a.black_level_per_channel == b.black_level_per_channel
+
+
+def test_dng_without_calibration_illuminant(tmp_path):
+    """An absent CalibrationIlluminant1 is 0 ("unknown") in DNG and stays so in the output."""
+    pytest.importorskip("rawpy")
+    tags = dng.dng_tags(24, 24, "RGGB", [0] * 4, 4095, {"color_matrix": np.eye(3)})
+    del tags[50778]
+    dng.write_tiff_file(tmp_path / "src.dng", tags, np.full((24, 24), 500, "<u2").tobytes())
+    frame = read_raw(tmp_path / "src.dng")
+    assert frame.meta["calibration_illuminant"] == dng.CALIBRATION_UNKNOWN
+    assert dng.dng_tags(8, 8, "RGGB", [0] * 4, 4095, frame.meta)[50778] == (dng.SHORT, 0)
+
+
+def test_big_endian_source_keeps_opcodes_but_not_byte_order_blocks(tmp_path):
+    """Opcode lists are big-endian by definition and are copied; blocks stored in the file's own
+    byte order (IlluminantData...) would be misread in a little-endian output and are left out."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("rawpy")
+    extratags = [(50706, "B", 4, (1, 6, 0, 0), True), (50721, "2i", 9, [1, 1, 0, 1, 0, 1] * 3, True),
+                 (33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True), (50717, "I", 1, 4095, True),
+                 (51009, 7, 4, bytes(4), True), (52533, 7, 6, bytes([0, 1, 0, 0, 0, 2]), True)]
+    for order, illuminant_kept in (("<", True), (">", False)):
+        p = tmp_path / f"x{order == '<'}.dng"
+        tifffile.imwrite(p, np.full((24, 24), 500, np.uint16), byteorder=order, photometric=dng.PHOTOMETRIC_CFA,
+                         extratags=extratags, metadata=None)
+        carried = read_raw(p).meta["dng"]
+        assert carried["OpcodeList2"] == bytes(4) and carried["DNGVersion"] == [1, 6, 0, 0]
+        assert ("IlluminantData1" in carried) is illuminant_kept
+
+
+def test_describe_shows_blocks_by_size(tmp_path):
+    pytest.importorskip("rawpy")
+    p = dng.write_dng(tmp_path / "x.dng", np.zeros((24, 24), np.uint16), cfa="RGGB", black_level=0,
+                      white_level=4095, meta={"dng": {"OpcodeList3": bytes(4), "BaselineExposure": 1.5}})
+    d = json.loads(json.dumps(read_raw(p).describe()))
+    assert d["dng"] == {"OpcodeList3": "<4 bytes>", "BaselineExposure": 1.5, "DNGVersion": [1, 4, 0, 0]}

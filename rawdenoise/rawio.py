@@ -162,6 +162,11 @@ def _read_npy(path: Path, overrides: dict) -> RawFrame:
         if not isinstance(meta_file, dict):
             raise RawFileError(f"sidecar {side} must hold a JSON object with cfa, black_level, white_level")
     merged = {**meta_file, **overrides}
+    if np.asarray(data).dtype.kind == "f":
+        # float frames are normalised unless said otherwise, as for arrays given to Denoiser.run
+        for key, default in (("black_level", 0.0), ("white_level", 1.0)):
+            if merged.get(key) is None:
+                merged[key] = default
     missing_keys = [k for k in ("cfa", "black_level", "white_level") if merged.get(k) is None]
     if missing_keys:
         raise InputError(
@@ -220,7 +225,8 @@ def _read_headerless(path: Path, levels: dict, layout: dict) -> RawFrame:
         flags = " ".join(f"--{k.split('_')[0]}" for k in need)
         raise InputError(
             f"{path.name} is a headerless sensor dump: it carries no size or levels, so "
-            f"{', '.join(need)} must be given (CLI: {flags})"
+            f"{', '.join(need)} must be given: rawdenoise.read_raw(path, {'=..., '.join(need)}=...) and pass the "
+            f"frame it returns (command line: {flags})"
         )
     width = _positive_int("width", layout["width"])
     height = _positive_int("height", layout["height"])

@@ -380,3 +380,25 @@ def test_describe_shows_blocks_by_size(tmp_path):
                       white_level=4095, meta={"dng": {"OpcodeList3": bytes(4), "BaselineExposure": 1.5}})
     d = json.loads(json.dumps(read_raw(p).describe()))
     assert d["dng"] == {"OpcodeList3": "<4 bytes>", "BaselineExposure": 1.5, "DNGVersion": [1, 4, 0, 0]}
+
+
+def test_float_npy_defaults_to_normalised_levels(tmp_path):
+    from rawdenoise import read_raw
+
+    np.save(tmp_path / "f.npy", np.full((4, 6), 0.25, np.float32))
+    frame = read_raw(tmp_path / "f.npy", cfa="RGGB")
+    assert frame.white_level == 1.0 and list(frame.black_level) == [0.0] * 4
+    np.save(tmp_path / "i.npy", np.full((4, 6), 100, np.uint16))
+    with pytest.raises(InputError, match="black_level, white_level"):
+        read_raw(tmp_path / "i.npy", cfa="RGGB")
+
+
+def test_headerless_path_given_to_run_points_to_read_raw(tmp_path):
+    pytest.importorskip("torch")
+    from rawdenoise import Denoiser, zoo
+
+    (tmp_path / "dump.raw").write_bytes(bytes(64))
+    spec = zoo.default_spec("unet", width=4, depth=1).replace(receptive_radius=8)
+    dn = Denoiser.from_module(zoo.create("unet", width=4, depth=1), spec)
+    with pytest.raises(InputError, match=r"rawdenoise.read_raw\(path, width=\.\.\."):
+        dn.run(tmp_path / "dump.raw")

@@ -19,7 +19,7 @@ def frame(size: str) -> np.ndarray:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     scene = 0.25 + 0.2 * np.sin(xx / 97.0) * np.cos(yy / 71.0)
-    from tools.profile import default_profile
+    from rawdenoise.profile import default_profile
 
     k, s2 = default_profile().normalised(1600)   # normalised units
     noisy = rng.poisson(scene / k).astype(np.float32) * np.float32(k)

@@ -13,21 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rawdenoise.errors import InputError, ModelFileError, run_cli
+from rawdenoise.errors import run_cli
 
 from . import onnx_model
-
-
-def load_onnx(path):
-    """An ONNX ModelProto from a file, with one-line errors for missing or unreadable files."""
-    onnx = onnx_model._onnx()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ONNX model {path} does not exist")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise ModelFileError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
 
 
 def attach(src, spec, dst, *, overwrite: bool = True):
@@ -35,9 +23,9 @@ def attach(src, spec, dst, *, overwrite: bool = True):
     from rawdenoise.fileio import sha256_file
 
     onnx_model.check_destination(dst, overwrite)
-    model = load_onnx(src)
+    model = onnx_model.load_onnx(src)
     given = onnx_model.read_spec_file(spec) if isinstance(spec, (str, Path)) else spec
-    source = load_onnx(src).SerializeToString()  # the untouched graph: the reference for parity
+    source = onnx_model.load_onnx(src).SerializeToString()  # the untouched graph: the reference for parity
 
     def reference(feed):
         import onnxruntime as ort

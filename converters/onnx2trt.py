@@ -26,7 +26,9 @@ from rawdenoise.errors import ConversionError, InputError, ModelFileError, missi
 from rawdenoise.fileio import atomic_output, sha256_file
 from rawdenoise.spec import METADATA_KEY, ModelSpec
 
-from . import trt_build as tb
+from runtimes import trt_engine as tb
+
+from .onnx_model import read_onnx, zero_points_are_zero
 from rawdenoise.errors import run_cli
 
 DEFAULT_WORKSPACE_MIB = 2048
@@ -54,51 +56,6 @@ class BuildOptions:
 
 
 # ---- ONNX side (no TensorRT needed) ------------------------------------------------------------
-def read_onnx(path) -> tuple[Any, ModelSpec, str, bool]:
-    """(model, manifest, input name, has Q/DQ nodes) of a rawdenoise ONNX file."""
-    try:
-        import onnx  # noqa: PLC0415
-    except ImportError:
-        raise missing("onnx", "onnx", "reading ONNX models") from None
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"ONNX model {path} does not exist")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # onnx raises DecodeError / OSError variants
-        raise ModelFileError(f"{path} is not a readable ONNX model ({str(e)[:200]})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in meta:
-        raise ModelFileError(
-            f"{path} carries no rawdenoise manifest (metadata '{METADATA_KEY}'); export it with "
-            f"python -m converters.torch2onnx"
-        )
-    spec = ModelSpec.from_json(meta[METADATA_KEY])
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    declared = {i.name for i in spec.separate_inputs}
-    image = [n for n in inputs if n not in declared]
-    if len(image) != 1 or not declared <= set(inputs):
-        raise ModelFileError(f"{path} has inputs {inputs}; its manifest declares extra inputs {sorted(declared)}, "
-                             f"and every input but the image must be declared")
-    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    return model, spec, image[0], qdq
-
-
-def zero_points_are_zero(model) -> bool:
-    """True when every QuantizeLinear/DequantizeLinear zero point is 0 (symmetric INT8)."""
-    import numpy as np  # noqa: PLC0415
-    from onnx import numpy_helper  # noqa: PLC0415
-
-    consts = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2]:
-            zp = consts.get(n.input[2])
-            if zp is None or np.any(numpy_helper.to_array(zp) != 0):
-                return False
-    return True
-
-
 def convert_fp16(src, dst) -> None:
     """FP16 weights and activations in the ONNX graph (TensorRT 11 takes precision from the file)."""
     import onnx  # noqa: PLC0415

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from rawdenoise.errors import ConversionError, InputError, RawDenoiseError, missing
+from rawdenoise.errors import ConversionError, InputError, ModelFileError, RawDenoiseError, missing
 from rawdenoise.fileio import atomic_output
 from rawdenoise.spec import METADATA_KEY, ModelSpec
 from rawdenoise.tiling import round_up, suggest_tile
@@ -159,6 +159,49 @@ def complete_spec(model, given: Mapping[str, Any], origin: Mapping[str, Any] | N
                             "notes": notes, "origin": dict(origin or {})})
     except InputError as e:
         raise ConversionError(f"the measured manifest is not valid: {e}; give multiple/tile in the spec") from None
+
+
+def load_onnx(path):
+    """An ONNX ModelProto from a file, with one-line errors for missing or unreadable files."""
+    onnx = _onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"ONNX model {path} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ModelFileError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+
+
+def read_onnx(path) -> tuple[Any, ModelSpec, str, bool]:
+    """(model, manifest, image input name, has Q/DQ nodes) of a rawdenoise ONNX file."""
+    model = load_onnx(path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in meta:
+        raise ModelFileError(
+            f"{path} carries no rawdenoise manifest (metadata '{METADATA_KEY}'); make it a rawdenoise model with "
+            f"python -m converters.attach_spec (or export it with python -m converters.torch2onnx)"
+        )
+    spec = ModelSpec.from_json(meta[METADATA_KEY])
+    try:
+        image = image_input_name(model, spec)
+    except InputError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    return model, spec, image, qdq
+
+
+def zero_points_are_zero(model) -> bool:
+    """True when every QuantizeLinear/DequantizeLinear zero point is 0 (symmetric INT8)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2]:
+            zp = consts.get(n.input[2])
+            if zp is None or np.any(numpy_helper.to_array(zp) != 0):
+                return False
+    return True
 
 
 def embed_spec(model, spec: ModelSpec):

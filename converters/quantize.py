@@ -202,7 +202,7 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
     """
     onnx, ort, q = _ort()
     from rawdenoise.calibration import CalibrationTiles, psnr  # noqa: PLC0415
-    from .onnx2trt import read_onnx  # noqa: PLC0415
+    from .onnx_model import read_onnx  # noqa: PLC0415
 
     if method not in METHODS:
         raise InputError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import trt_build as tb
+from runtimes import trt_engine as tb
 from rawdenoise.errors import run_cli
 from .onnx2trt import BuildOptions, BuildResult, add_build_arguments, build_engine, options_from_args, report
 

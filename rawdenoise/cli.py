@@ -1,7 +1,8 @@
 """The `rawdenoise` command: denoise RAW files, show RAW or model metadata, and more.
 
-`compare` and `demo` live in their own modules (rawdenoise.compare, rawdenoise.demo), each with
-`add_arguments(parser)` and `run(args) -> int`; they are listed only where those modules exist.
+Other commands live in their own modules, each with `add_arguments(parser)` and `run(args) -> int`:
+the SDK's own (`compare`), and those other packages register under the `rawdenoise.commands`
+entry-point group (the model factory's `demo`, tools.demo), so the SDK never imports them by name.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine", ".plan", ".trt")
 OUTPUT_FORMATS = ("dng", "tiff", "npy")
 DELEGATED = {
     "compare": ("rawdenoise.compare", "compare denoisers on the same frames"),
-    "demo": ("rawdenoise.demo", "run a self-contained demonstration"),
 }
+COMMAND_GROUP = "rawdenoise.commands"
 
 
 # ---- argument parsing -------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_frame_options(i)
     i.set_defaults(func=cmd_info)
 
-    for name, (module_name, help_text) in DELEGATED.items():
+    for name, (module_name, help_text) in _delegated().items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -133,10 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(func=_unavailable(name, e.name))
             continue
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        # a module docstring starts "`rawdenoise NAME`: what it does"
+        first_line = (module.__doc__ or help_text).strip().splitlines()[0].split("`: ", 1)[-1]
+        p = sub.add_parser(name, help=first_line, description=first_line)
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser
+
+
+def _delegated() -> dict[str, tuple[str, str]]:
+    """name -> (module, help) of the commands in modules of their own, registered ones included."""
+    from importlib.metadata import entry_points
+
+    found = dict(DELEGATED)
+    for ep in entry_points(group=COMMAND_GROUP):
+        found.setdefault(ep.name, (ep.value, f"{ep.name} (from {ep.value})"))
+    return found
 
 
 def _unavailable(command: str, package: str | None):
@@ -255,7 +268,7 @@ def cmd_denoise(args) -> int:
 def _load_profile(path: Path | None):
     if path is None:
         return None
-    from tools.profile import NoiseProfile
+    from rawdenoise.profile import NoiseProfile
 
     return NoiseProfile.load(path)
 

@@ -25,7 +25,7 @@ try:
 except ImportError:
     raise missing("tensorrt", "trt", "the TensorRT runtime") from None
 
-from converters import trt_build as tb  # noqa: E402  (pure Python, after the TensorRT check on purpose)
+from . import trt_engine as tb  # noqa: E402  (pure Python, after the TensorRT check on purpose)
 
 _KEEP_SHAPES = 4  # buffer sets kept for distinct input shapes (full tiles + a few edge batches)
 

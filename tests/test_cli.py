@@ -249,7 +249,7 @@ def test_profile_gives_the_noise_at_the_file_iso(tmp_path, rng, capsys):
     """--profile: the frame's noise comes from the camera profile at its ISO, not from the frame."""
     pytest.importorskip("onnxruntime")
     from rawdenoise import Denoiser
-    from tools.profile import default_profile
+    from rawdenoise.profile import default_profile
 
     profile = default_profile()
     ppath = profile.save(tmp_path / "cam.json")

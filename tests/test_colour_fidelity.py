@@ -305,7 +305,7 @@ def test_non_dng_camera_file_keeps_its_colours(tmp_path, developer):
 
 # ---- the demo's synthetic camera -----------------------------------------------------------------------
 def _demo_frame_dng(path, clean_norm, cam, profile):
-    from rawdenoise.demo import camera_meta
+    from tools.demo import camera_meta
     from tools.synth import to_dn
 
     dn = to_dn(clean_norm, profile)
@@ -316,7 +316,7 @@ def _demo_frame_dng(path, clean_norm, cam, profile):
 @pytest.mark.parametrize("develop", DEVELOPERS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_demo_camera_grey_stays_grey(tmp_path, develop, seed):
-    from tools.profile import default_profile
+    from rawdenoise.profile import default_profile
     from tools.synth import srgb_to_linear, unprocess
 
     grey = np.full((32, 48, 3), 0.5)
@@ -337,8 +337,8 @@ def test_demo_noisy_dng_has_the_clean_scene_colours(tmp_path, develop):
         pytest.skip("the demo's default model needs onnxruntime or torch")
     import argparse
 
-    from rawdenoise import demo
-    from tools.profile import default_profile
+    from tools import demo
+    from rawdenoise.profile import default_profile
     from tools.synth import dead_leaves, unprocess
 
     h, w, seed = 128, 192, 3

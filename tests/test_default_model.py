@@ -10,7 +10,7 @@ from rawdenoise import Denoiser, ModelSpec, models
 from rawdenoise.errors import InputError, ModelFileError
 from tools import synth
 from tools.evaluate import psnr
-from tools.profile import NoiseProfile, default_profile
+from rawdenoise.profile import NoiseProfile, default_profile
 
 pytest.importorskip("torch")
 PT = models.MODELS_DIR / "default.pt"

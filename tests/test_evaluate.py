@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tools import classical, evaluate
-from tools.profile import default_profile
+from rawdenoise.profile import default_profile
 
 
 def test_psnr_matches_its_definition(rng):

@@ -7,7 +7,7 @@ from rawdenoise import bayer
 from rawdenoise.errors import InputError
 from rawdenoise.noise import add_noise, estimate_noise, estimate_noise_bayer, fit_variance, variance
 from tools import synth
-from tools.profile import default_profile
+from rawdenoise.profile import default_profile
 
 
 def test_add_noise_moments_and_input_untouched():

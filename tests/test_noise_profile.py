@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tools import noise_profile
-from tools.profile import NoiseProfile, default_profile
+from rawdenoise.profile import NoiseProfile, default_profile
 
 ISOS = [100, 400, 1600, 3200, 6400]
 BLACK = np.array([510.0, 512.0, 511.0, 514.0])  # per site, RGGB raster order

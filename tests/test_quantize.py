@@ -217,7 +217,7 @@ def test_cpu_target_integer_kernels_match_qdq_arithmetic(cpu_int8_model, tiny_un
 
 
 def test_tensorrt_refuses_asymmetric_int8(cpu_int8_model, int8_model, tmp_path):
-    from converters.onnx2trt import zero_points_are_zero
+    from converters.onnx_model import zero_points_are_zero
 
     assert zero_points_are_zero(onnx.load(str(int8_model[0])))
     assert not zero_points_are_zero(onnx.load(str(cpu_int8_model)))

@@ -6,7 +6,7 @@ import pytest
 from rawdenoise import bayer
 from rawdenoise.errors import InputError
 from tools import synth
-from tools.profile import default_profile
+from rawdenoise.profile import default_profile
 
 
 def test_tone_and_gamma_have_exact_inverses(rng):

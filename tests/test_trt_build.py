@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from packaging.version import Version
 
-from converters import trt_build as tb
+from runtimes import trt_engine as tb
 from rawdenoise.errors import InputError, MissingDependencyError, ModelFileError
 from rawdenoise.spec import ModelSpec
 from rawdenoise.tiling import plan_tiles
@@ -228,7 +228,7 @@ def test_main_in_process_returns_1(tmp_path, capsys):
 
 
 def test_read_onnx_finds_manifest_input_and_qdq(tiny_unet_onnx, tmp_path):
-    from converters.onnx2trt import read_onnx
+    from converters.onnx_model import read_onnx
 
     _, spec, name, qdq = read_onnx(tiny_unet_onnx)
     assert spec.name == "unet" and isinstance(name, str) and qdq is False

@@ -143,7 +143,7 @@ def _gpu_ready() -> str | None:
     if not has("tensorrt"):
         return "TensorRT is not installed"
     try:
-        from converters.trt_build import detect_gpu
+        from runtimes.trt_engine import detect_gpu
         detect_gpu()
     except Exception as e:  # no driver / no device
         return f"no usable CUDA GPU ({e})"
@@ -196,7 +196,7 @@ def test_second_build_reuses_cached_engine(engine, tiny_unet_onnx, tmp_path):
 def test_engine_from_other_tensorrt_version_gives_rebuild_hint(engine):
     import json
 
-    from converters import trt_build as tb
+    from runtimes import trt_engine as tb
     from rawdenoise.errors import ModelFileError
     from runtimes.trt_runner import TrtRunner
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from rawdenoise.errors import run_cli
 
-from .profile import NoiseProfile, default_profile
+from rawdenoise.profile import NoiseProfile, default_profile
 from .synth import add_sensor_noise, test_scenes, to_dn
 
 TEST_SEED = 20240917

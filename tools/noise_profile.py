@@ -23,7 +23,7 @@ import numpy as np
 from rawdenoise.errors import InputError, run_cli
 from rawdenoise.noise import block_statistics, fit_variance
 
-from .profile import NoiseProfile
+from rawdenoise.profile import NoiseProfile
 
 BLOCK = 32  # automatic uniform regions: blocks of 32 x 32 plane pixels
 _SKIP_SUFFIXES = {".json", ".txt", ".md", ".yaml", ".yml", ".png", ".jpg", ".jpeg", ".xmp"}

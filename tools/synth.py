@@ -16,8 +16,7 @@ import numpy as np
 from rawdenoise import bayer
 from rawdenoise.errors import InputError
 from rawdenoise.noise import add_noise
-
-from .profile import NoiseProfile
+from rawdenoise.profile import NoiseProfile
 
 # ---------------------------------------------------------------------------------------------
 # unprocessing: sRGB -> linear camera RGB -> mosaic

@@ -26,7 +26,7 @@ from rawdenoise.errors import InputError, run_cli
 from rawdenoise.fileio import atomic_output, sha256_file
 from rawdenoise.tiling import suggest_tile
 
-from .profile import NoiseProfile, default_profile
+from rawdenoise.profile import NoiseProfile, default_profile
 from .synth import PairSource
 
 

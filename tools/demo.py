@@ -1,5 +1,8 @@
 """`rawdenoise demo`: a self-contained demonstration on a synthesised RAW frame.
 
+Part of the model factory (it synthesises its frame with tools.synth); the `rawdenoise` command
+finds it through the `rawdenoise.commands` entry point declared in pyproject.toml.
+
 A generated scene (dead leaves) is unprocessed to a camera RAW mosaic, given the Poisson-Gaussian
 noise of the default model's training profile at ISO 3200, written as a DNG, denoised by the
 default model, and written again; a side-by-side PNG (noisy | denoised | clean) and the PSNR
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, missing
+from rawdenoise.errors import InputError, missing
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +39,7 @@ def _write_png(path: Path, panels: list[np.ndarray], overwrite: bool) -> None:
         from PIL import Image
     except ImportError:
         raise missing("pillow", "raw", "The demo's side-by-side PNG") from None
-    from .fileio import atomic_output
+    from rawdenoise.fileio import atomic_output
 
     gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
     row = [panels[0]]
@@ -57,7 +60,7 @@ def camera_meta(cam: dict) -> dict:
     balance and colour matrix undo exactly what unprocess did (tone curve aside: developers apply
     their own).
     """
-    from .dng import CALIBRATION_D65, XYZ_TO_SRGB
+    from rawdenoise.dng import CALIBRATION_D65, XYZ_TO_SRGB
 
     r_gain, b_gain = (float(g) for g in cam["wb"])
     to_camera = np.diag([1.0 / r_gain, 1.0, 1.0 / b_gain]) @ np.asarray(cam["ccm"]) @ np.asarray(XYZ_TO_SRGB)
@@ -67,12 +70,12 @@ def camera_meta(cam: dict) -> dict:
 
 
 def run(args) -> int:
-    from tools.profile import default_profile
-    from tools.synth import add_sensor_noise, dead_leaves, develop, to_dn, unprocess
+    from rawdenoise import Denoiser
+    from rawdenoise.dng import write_dng
+    from rawdenoise.profile import default_profile
+    from rawdenoise.rawio import make_frame
 
-    from . import Denoiser
-    from .dng import write_dng
-    from .rawio import make_frame
+    from .synth import add_sensor_noise, dead_leaves, develop, to_dn, unprocess
 
     h, w = (int(v) for v in args.size)
     if h < 64 or w < 64 or h % 2 or w % 2:
@@ -106,6 +109,6 @@ def run(args) -> int:
     print(f"PSNR against the clean frame: noisy {p_in:.2f} dB -> denoised {p_out:.2f} dB ({p_out - p_in:+.2f} dB)")
     print(f"wrote {out / 'noisy.dng'}, {out / 'denoised.dng'} and {out / 'side_by_side.png'} "
           f"(noisy | denoised | clean)")
-    print("next: rawdenoise denoise YOUR_FILE.dng (or .CR3, .NEF, .ARW, ...)")
+    print("next: rawdenoise denoise YOUR_FILE.dng -o denoised.dng (or .CR3, .NEF, .ARW, ...)")
     return 0
 

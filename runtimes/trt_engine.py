@@ -1,4 +1,6 @@
-"""TensorRT build planning that needs no TensorRT: versions, profiles, cache keys, sidecars.
+"""What a TensorRT engine is, without TensorRT: versions, profiles, cache keys, the JSON sidecar
+manifest and compatibility checks. The runner (runtimes.trt_runner) reads engines with it and the
+builder (converters.onnx2trt) writes them with it.
 
 Everything here is pure Python so it can be tested on machines without TensorRT or a GPU. The
 TensorRT module is passed in where a version is needed (tests pass a stand-in with `__version__`).

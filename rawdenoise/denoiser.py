@@ -18,6 +18,12 @@ from .spec import ModelSpec
 from .tiling import plan_tiles, round_up, run_tiled
 
 
+# How far the frame is mirrored on every side before the network sees it (network-input pixels,
+# rounded up to the model's multiple, at most the receptive radius): without it, pixels at the
+# frame's edges see the network's own zero padding where interior pixels see neighbours.
+BORDER = 8
+
+
 @dataclass(frozen=True)
 class Levels:
     """Resolved per-frame settings: CFA phase, black per CFA site, white, ISO."""
@@ -73,7 +79,7 @@ class Denoiser:
     """
 
     def __init__(self, runner, *, tile: int | None = None, overlap: int | None = None,
-                 batch: int | None = None, blend: str | None = None):
+                 batch: int | None = None, blend: str | None = None, border: int | None = None):
         runner.activate()
         self.runtime = runner
         self.spec: ModelSpec = runner.spec
@@ -95,6 +101,13 @@ class Denoiser:
             raise InputError(f"batch must be >= 1 and overlap >= 0, got batch={self.batch} overlap={self.overlap}")
         # a model with global context (no finite receptive radius) cannot be tiled exactly: blend
         self.blend = blend or ("feather" if s.unbounded else "crop")
+        # frame edges get mirrored context, as interior tiles get their neighbours (see BORDER); from
+        # the model alone, so that tiled and untiled runs see the same frame
+        reach = BORDER if s.unbounded else min(s.receptive_radius, BORDER)
+        self.border = round_up(reach, s.multiple) if border is None else int(border)
+        if self.border < 0 or self.border % s.multiple:
+            raise InputError(f"border must be a non-negative multiple of the model's multiple {s.multiple}, "
+                             f"got {self.border}")
         if s.unbounded and self.tile != 0:
             warnings.warn(f"{s.name}: the receptive field is unbounded ({s.notes.get('unbounded_by', 'global context')}), "
                           f"so tiles of {self.tile} are blended with feathered ramps over {self.overlap} pixels and "
@@ -103,7 +116,7 @@ class Denoiser:
         # validate tile/overlap now rather than on the first frame: plan a frame that needs tiles
         side = max(self.tile if isinstance(self.tile, int) else max(self.tile), 3 * s.multiple) + s.multiple
         plan_tiles(side, side, tile=self.tile, overlap=self.overlap, multiple=s.multiple,
-                   pad_to_tile=not runner.dynamic_shapes)
+                   pad_to_tile=not runner.dynamic_shapes, margin=self.border)
 
     def _feather_overlap(self) -> int:
         """Overlap (and ramp width) of feathered tiles: an eighth of the tile, on the model's grid."""
@@ -113,7 +126,8 @@ class Denoiser:
     @classmethod
     def load(cls, path, *, runtime: str | None = None, device: str | None = None, tile: int | None = None,
              overlap: int | None = None, batch: int | None = None, precision: str | None = None,
-             threads: int | None = None, **runner_options) -> "Denoiser":
+             threads: int | None = None, border: int | None = None, blend: str | None = None,
+             **runner_options) -> "Denoiser":
         """Open a model file (.pt, .onnx, .engine/.plan) with the runtime its suffix implies."""
         import runtimes
 
@@ -124,7 +138,7 @@ class Denoiser:
         path = Path(path)
         name = runtimes.canonical(runtime) if runtime else runtimes.for_path(path)
         runner = runtimes.get(name)(path, device=device, precision=precision, threads=threads, **runner_options)
-        return cls(runner, tile=tile, overlap=overlap, batch=batch)
+        return cls(runner, tile=tile, overlap=overlap, batch=batch, border=border, blend=blend)
 
     @classmethod
     def from_module(cls, module, spec: ModelSpec, **kwargs) -> "Denoiser":
@@ -306,7 +320,7 @@ class Denoiser:
         """The tile plan `run` uses for a network-input frame `x` (C, h, w)."""
         _, h, w = x.shape
         return plan_tiles(h, w, tile=self.tile, overlap=self.overlap, multiple=self.spec.multiple,
-                          pad_to_tile=not self.runtime.dynamic_shapes)
+                          pad_to_tile=not self.runtime.dynamic_shapes, margin=self.border)
 
     def finish(self, y: np.ndarray, p: "Prepared") -> np.ndarray:
         """The second half of `run`: residual, inverse scaling, unpack, de-normalise, cast (in place on y)."""
@@ -404,4 +418,4 @@ class Denoiser:
 
     def __repr__(self) -> str:
         return (f"<Denoiser {self.spec.name} on {self.runtime!r} tile={self.tile} overlap={self.overlap} "
-                f"batch={self.batch} blend={self.blend}>")
+                f"batch={self.batch} blend={self.blend} border={self.border}>")

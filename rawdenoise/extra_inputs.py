@@ -32,10 +32,12 @@ def positional_normal(seed: int, draw: int, channels: int, y0: int, x0: int, h: 
     """
     key = _mix64(np.array([seed & 0xFFFFFFFF, draw & 0xFFFFFFFF], np.uint64) + np.uint64(0x9E3779B97F4A7C15))
     base = key[:1] ^ (key[1:] * np.uint64(0xD1B54A32D192ED03))  # arrays: uint64 wrap-around is silent
+    # 21 bits per coordinate (two's complement: positions in the mirrored margin are negative), so
+    # positions -1 048 576 .. 1 048 575 and 2 097 151 channels all give distinct counters
+    bits21 = np.int64(0x1FFFFF)
     c = np.arange(channels, dtype=np.uint64)[:, None, None]
-    r = np.arange(y0, y0 + h, dtype=np.uint64)[None, :, None]
-    q = np.arange(x0, x0 + w, dtype=np.uint64)[None, None, :]
-    # 21 bits per coordinate: positions up to 2 097 151 and 2 097 151 channels, all distinct counters
+    r = (np.arange(y0, y0 + h, dtype=np.int64) & bits21).astype(np.uint64)[None, :, None]
+    q = (np.arange(x0, x0 + w, dtype=np.int64) & bits21).astype(np.uint64)[None, None, :]
     counter = (c << np.uint64(42)) | (r << np.uint64(21)) | q
     bits = _mix64(_mix64(counter ^ base))
     u1 = ((bits >> np.uint64(32)).astype(np.float64) + 0.5) / 2.0**32

@@ -36,10 +36,11 @@ class AxisPlan:
     """Tiles along one axis: origins in the padded frame and the [start, end) each one keeps."""
 
     size: int
-    padded: int
+    padded: int          # length of the axis the tiles cover: the frame, its margins and padding
     tile: int
-    origins: tuple[int, ...]
+    origins: tuple[int, ...]              # in frame coordinates: negative inside the front margin
     keep: tuple[tuple[int, int], ...]
+    start: int = 0       # first position of the covered axis: -margin
 
 
 def overlap_needed(overlap: int, multiple: int) -> int:
@@ -47,12 +48,15 @@ def overlap_needed(overlap: int, multiple: int) -> int:
     return overlap + round_up(overlap, multiple)
 
 
-def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bool = False) -> AxisPlan:
-    padded = round_up(size, multiple)
+def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bool = False,
+              margin: int = 0) -> AxisPlan:
+    """Tiles along one axis of a frame mirrored by `margin` (a multiple of `multiple`) at both ends
+    and padded behind to the grid; origins and kept spans are in frame coordinates."""
+    padded = round_up(size, multiple) + 2 * margin
     if pad_to_tile and tile:
         padded = max(padded, tile)
     if tile == 0 or tile >= padded:
-        return AxisPlan(size, padded, padded, (0,), ((0, size),))
+        return AxisPlan(size, padded, padded, (-margin,), ((0, size),), -margin)
     # The receptive radius is that of blocks on the model's grid (after a stride-2 layer odd rows
     # reach further than even ones), so kept cores start and end on the grid: a core starting at
     # grid point p needs `overlap` rows of its tile above p, the core ending at p needs `overlap`
@@ -75,11 +79,11 @@ def plan_axis(size: int, tile: int, overlap: int, multiple: int, pad_to_tile: bo
                     for a, b in zip(origins[:-1], origins[1:])] + [padded]
     kept_origins, keep = [], []
     for o, a, b in zip(origins, bounds[:-1], bounds[1:]):
-        a, b = min(a, size), min(b, size)
+        a, b = max(a - margin, 0), min(b - margin, size)     # frame coordinates; margins are not kept
         if b > a:
-            kept_origins.append(o)
+            kept_origins.append(o - margin)
             keep.append((a, b))
-    return AxisPlan(size, padded, tile, tuple(kept_origins), tuple(keep))
+    return AxisPlan(size, padded, tile, tuple(kept_origins), tuple(keep), -margin)
 
 
 def _balance(padded: int, tile: int, stride: int, need: int, multiple: int) -> tuple[int, int]:
@@ -136,11 +140,13 @@ class TilePlan:
 
 
 def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], overlap: int, multiple: int,
-               pad_to_tile: bool = False) -> TilePlan:
+               pad_to_tile: bool = False, margin: int = 0) -> TilePlan:
     """Plan tiles of `tile` x `tile` (or `(th, tw)`; 0 = one pass over the whole padded frame).
 
     `pad_to_tile` pads frames smaller than a tile up to the tile, so a fixed-shape engine sees
-    one shape only.
+    one shape only. `margin` mirrors the frame by that many pixels on every side before the network
+    sees it, so that pixels at the frame's edges have context as interior ones do (and not the
+    network's own zero padding); it must be a multiple of `multiple`.
     """
     th, tw = (tile, tile) if isinstance(tile, (int, np.integer)) else (int(tile[0]), int(tile[1]))
     if multiple < 1:
@@ -155,8 +161,10 @@ def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], overlap:
             raise InputError(f"tile {t} is not a non-negative multiple of {multiple}; use {use}, or 0 for no tiling")
     if height < 1 or width < 1:
         raise InputError(f"cannot tile an empty frame ({height} x {width})")
-    return TilePlan(plan_axis(height, th, overlap, multiple, pad_to_tile),
-                    plan_axis(width, tw, overlap, multiple, pad_to_tile), overlap)
+    if margin < 0 or margin % multiple:
+        raise InputError(f"margin must be a non-negative multiple of {multiple}, got {margin}")
+    return TilePlan(plan_axis(height, th, overlap, multiple, pad_to_tile, margin),
+                    plan_axis(width, tw, overlap, multiple, pad_to_tile, margin), overlap)
 
 
 def _check_frame(x: np.ndarray, plan: TilePlan, who: str) -> None:
@@ -177,21 +185,26 @@ def _reflect_index(start: int, n: int, size: int) -> np.ndarray:
 
 
 def fetch_tile(x: np.ndarray, y0: int, x0: int, th: int, tw: int, dst: np.ndarray) -> None:
-    """Copy the tile at (y0, x0) of the reflect-padded frame into dst without padding the frame.
+    """Copy the tile at (y0, x0) of the reflect-padded frame into dst without padding the frame
+    (origins may be negative: the frame is mirrored in front too).
 
-    The part inside the frame is a plain slice copy; only the rows and columns beyond its bottom
-    and right edges are gathered by index (a gather of the whole tile is several times slower).
+    The part inside the frame is a plain slice copy; only the rows and columns beyond its edges
+    are gathered by index (a gather of the whole tile is several times slower).
     """
     _, h, w = x.shape
-    ry, rx = max(0, min(th, h - y0)), max(0, min(tw, w - x0))
-    dst[:, :ry, :rx] = x[:, y0:y0 + ry, x0:x0 + rx]
-    if ry < th:
-        ri = _reflect_index(y0 + ry, th - ry, h)
-        ci = _reflect_index(x0, tw, w)
-        dst[:, ry:, :] = x[:, ri[:, None], ci[None, :]]
-    if rx < tw:
-        ci = _reflect_index(x0 + rx, tw - rx, w)
-        dst[:, :ry, rx:] = x[:, y0:y0 + ry, ci]
+    top, bottom = min(max(-y0, 0), th), max(min(h - y0, th), 0)     # tile rows [top, bottom) are in the frame
+    left, right = min(max(-x0, 0), tw), max(min(w - x0, tw), 0)
+    bottom, right = max(bottom, top), max(right, left)
+    dst[:, top:bottom, left:right] = x[:, y0 + top:y0 + bottom, x0 + left:x0 + right]
+    if (top, bottom, left, right) == (0, th, 0, tw):
+        return
+    ri, ci = _reflect_index(y0, th, h), _reflect_index(x0, tw, w)
+    for r0, r1 in ((0, top), (bottom, th)):
+        if r1 > r0:
+            dst[:, r0:r1] = x[:, ri[r0:r1, None], ci[None, :]]
+    for c0, c1 in ((0, left), (right, tw)):
+        if c1 > c0 and bottom > top:
+            dst[:, top:bottom, c0:c1] = x[:, y0 + top:y0 + bottom, ci[c0:c1]]
 
 
 def _ramp(n: int, width: int, lead: bool, trail: bool) -> np.ndarray:
@@ -279,12 +292,14 @@ def _accumulate(out, weight, tile_pred, y0, x0, plan: TilePlan) -> None:
     th, tw = plan.tile_shape
     h, w = weight.shape
     ramp = plan.overlap
-    wy = _ramp(th, min(ramp, th // 2), y0 > 0, y0 + th < plan.rows.padded)
-    wx = _ramp(tw, min(ramp, tw // 2), x0 > 0, x0 + tw < plan.cols.padded)
-    y1, x1 = min(y0 + th, h), min(x0 + tw, w)
-    wt = wy[: y1 - y0, None] * wx[None, : x1 - x0]
-    out[:, y0:y1, x0:x1] += tile_pred[:, : y1 - y0, : x1 - x0] * wt
-    weight[y0:y1, x0:x1] += wt
+    rows, cols = plan.rows, plan.cols
+    wy = _ramp(th, min(ramp, th // 2), y0 > rows.start, y0 + th < rows.start + rows.padded)
+    wx = _ramp(tw, min(ramp, tw // 2), x0 > cols.start, x0 + tw < cols.start + cols.padded)
+    # the part of the tile inside the frame (margins and padding are not kept)
+    ya, yb, xa, xb = max(y0, 0), min(y0 + th, h), max(x0, 0), min(x0 + tw, w)
+    wt = wy[ya - y0:yb - y0, None] * wx[None, xa - x0:xb - x0]
+    out[:, ya:yb, xa:xb] += tile_pred[:, ya - y0:yb - y0, xa - x0:xb - x0] * wt
+    weight[ya:yb, xa:xb] += wt
 
 
 def iter_tiles(x: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, int, np.ndarray]]:

@@ -142,11 +142,11 @@ def test_rgb_network_with_gates_and_pixel_shuffle(tmp_path, rng):
     img = rng.integers(0, 65536, (96, 160, 3)).astype(np.uint16)
     x = (img.astype(np.float64) / 65535.0).transpose(2, 0, 1)[None]
     want = np.clip(np.rint(torch_out(module, x)[0].transpose(1, 2, 0) * 65535.0), 0, 65535)
-    with Denoiser.load(path, tile=0) as dn:
+    with Denoiser.load(path, tile=0, border=0) as dn:
         got = dn.run(img)
     assert got.dtype == np.uint16 and got.shape == img.shape
     assert np.abs(got.astype(np.int64) - want).max() <= 1       # rounding of values within 1e-4
-    with Denoiser.load(path, tile=32) as dn:
+    with Denoiser.load(path, tile=32, border=0) as dn:
         tiled = dn.run(img)
         assert dn.plan(dn.prepare(img).x).n_tiles > 4
     np.testing.assert_array_equal(tiled, got)
@@ -161,9 +161,9 @@ def test_mosaic_network(tmp_path, cfa):
     rng = np.random.default_rng(3)
     black = np.array([0.01, 0.02, 0.03, 0.04])      # in the 2x2 order of the frame's cfa
     frame = rng.random((64, 96)).astype(np.float32)
-    with Denoiser.load(path, tile=0) as dn:
+    with Denoiser.load(path, tile=0, border=0) as dn:
         got = dn.run(frame, cfa=cfa, black_level=black, white_level=1.0)
-    with Denoiser.load(path, tile=16) as dn:
+    with Denoiser.load(path, tile=16, border=0) as dn:
         tiled = dn.run(frame, cfa=cfa, black_level=black, white_level=1.0)
     np.testing.assert_allclose(tiled, got, atol=1e-6)
     if cfa == spec.channel_order:   # the reference: the frame already in the model's phase
@@ -184,11 +184,11 @@ def test_grayscale_network_with_a_noise_level_input(tmp_path, rng):
     k, s2 = 0.004, 1e-4
     want = torch_out(module, img[None, None], np.sqrt(k * np.maximum(img, 0) + s2)[None, None])[0, 0]
     for shape in [(80, 112), (80, 112, 1)]:
-        with Denoiser.load(path, tile=0) as dn:
+        with Denoiser.load(path, tile=0, border=0) as dn:
             got = dn.run(img.reshape(shape), noise=(k, s2))
         assert got.shape == shape
         assert_close(got.reshape(80, 112), want)
-    with Denoiser.load(path, tile=32) as dn:
+    with Denoiser.load(path, tile=32, border=0) as dn:
         np.testing.assert_allclose(dn.run(img, noise=(k, s2)), got.reshape(80, 112), atol=1e-6)
 
 
@@ -199,13 +199,13 @@ def test_random_latent_input_is_positional(tmp_path, rng):
     path, spec = export(module, spec_in, tmp_path)
     assert spec.multiple == 4
     raw = rng.integers(0, 4096, (128, 192)).astype(np.uint16)
-    with Denoiser.load(path, tile=0) as dn:
+    with Denoiser.load(path, tile=0, border=0) as dn:
         whole = dn.run(raw, cfa="RGGB", black_level=0, white_level=4095)
         again = dn.run(raw, cfa="RGGB", black_level=0, white_level=4095)
         z = rng.standard_normal((3, 16, 24)).astype(np.float32)
         given = dn.run(raw.astype(np.float32) / 4095, cfa="RGGB", inputs={"z": z})
     np.testing.assert_array_equal(whole, again)              # a function of the seed, not of the call
-    with Denoiser.load(path, tile=16) as dn:
+    with Denoiser.load(path, tile=16, border=0) as dn:
         np.testing.assert_array_equal(dn.run(raw, cfa="RGGB", black_level=0, white_level=4095), whole)
     # the caller's latent reproduces torch's output with that latent
     packed = (raw.astype(np.float64) / 4095).reshape(64, 2, 96, 2).transpose(1, 3, 0, 2).reshape(4, 64, 96)
@@ -232,10 +232,10 @@ def test_global_context_is_unbounded_and_feathered(tmp_path, rng):
     assert spec.receptive_radius is None
     assert "ReduceMean" in spec.notes["unbounded_by"] and "whole frame" in spec.notes["unbounded_by"]
     img = rng.random((64, 96, 3)).astype(np.float32)
-    with Denoiser.load(path, tile=0) as dn:                          # one pass: exact
+    with Denoiser.load(path, tile=0, border=0) as dn:                          # one pass: exact
         assert_close(dn.run(img), torch_out(module, img.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0))
     with pytest.warns(UnboundedContextWarning, match="feathered"):
-        dn = Denoiser.load(path, tile=32)
+        dn = Denoiser.load(path, tile=32, border=0)
     assert dn.blend == "feather" and dn.overlap > 0
     dn.close()
 
@@ -280,7 +280,7 @@ def test_cli_module_weights_kwargs(user_code, capsys):
     printed = capsys.readouterr().out
     assert "receptive_radius 2 (measured)" in printed and "multiple 1 (measured)" in printed
     img = np.random.default_rng(0).random((40, 56, 3)).astype(np.float32)
-    with Denoiser.load(out, tile=0) as dn:
+    with Denoiser.load(out, tile=0, border=0) as dn:
         assert dn.spec.origin["module"] == "mynets:Small" and dn.spec.origin["sha256"]
         assert_close(dn.run(img), torch_out(net, img.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0))
     # rawdenoise info shows which values were measured
@@ -325,7 +325,7 @@ def test_monte_carlo_samples_average_draws_before_rounding(tmp_path, rng):
                "inputs": [{"name": "z", "kind": "gaussian", "channels": 3, "stride": 4, "seed": 7, "std": 2.0}]}
     path, spec = export(module, spec_in, tmp_path)
     frame = rng.random((64, 96)).astype(np.float32)
-    with Denoiser.load(path, tile=0) as dn:
+    with Denoiser.load(path, tile=0, border=0) as dn:
         # the draws the SDK makes: the seed's field at draw d over the (32 x 48 packed) frame, times std
         runs = [dn.run(frame, cfa="RGGB", inputs={"z": 2.0 * positional_normal(7, d, 3, 0, 0, 8, 12)})
                 for d in range(3)]

@@ -11,16 +11,17 @@ from rawdenoise.errors import InputError, ModelFileError  # noqa: E402
 LEVELS = dict(cfa="RGGB", black_level=[512, 500, 520, 508], white_level=16383)
 
 
-def reference_run(module, raw, black, white, multiple):
-    """Independent float64 pipeline for an RGGB frame of even size: slice, pad, run, invert."""
+def reference_run(module, raw, black, white, multiple, border):
+    """Independent float64 pipeline for an RGGB frame of even size: slice, mirror by the border on
+    every side and pad to the multiple, run, crop, invert."""
     r = raw.astype(np.float64)
     chans = [r[0::2, 0::2], r[0::2, 1::2], r[1::2, 0::2], r[1::2, 1::2]]
     x = np.stack([(c - b) / (white - b) for c, b in zip(chans, black)])
     h, w = x.shape[1:]
     ph, pw = -h % multiple, -w % multiple
-    xp = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    xp = np.pad(x, ((0, 0), (border, border + ph), (border, border + pw)), mode="reflect")
     with torch.inference_mode():
-        y = module.double()(torch.from_numpy(xp[None])).numpy()[0, :, :h, :w]
+        y = module.double()(torch.from_numpy(xp[None])).numpy()[0, :, border:border + h, border:border + w]
     module.float()
     out = np.empty_like(r)
     for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
@@ -40,11 +41,14 @@ def test_run_matches_independent_float64_pipeline(unet, rng):
     module, spec = unet
     raw = rng.uniform(500, 16000, size=(126, 190))
     black = [512.0, 500.0, 520.0, 508.0]
-    ref = reference_run(module, raw, black, 16383.0, spec.multiple)
-    for tile in (0, 56, 64):
-        got = Denoiser.from_module(module, spec, tile=tile).run(raw, cfa="RGGB", black_level=black, white_level=16383)
-        assert got.dtype == np.float64
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * 16383)
+    for border in (0, 8):
+        ref = reference_run(module, raw, black, 16383.0, spec.multiple, border)
+        for tile in (0, 56, 64):
+            got = Denoiser.from_module(module, spec, tile=tile, border=border).run(raw, cfa="RGGB", black_level=black,
+                                                                                 white_level=16383)
+            assert got.dtype == np.float64
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * 16383)
+    assert Denoiser.from_module(module, spec).border == 8      # the default: 8 network pixels on the grid of 4
 
 
 def test_tiled_equals_untiled_random_unet(unet, rng):
@@ -117,7 +121,8 @@ def test_ksigma_transform_is_inverted(rng):
     k = np.polyval(ks.k_coeffs, 3200); s = np.polyval(ks.sigma_coeffs, 3200)
     ka = np.polyval(ks.k_coeffs, 1600); sa = np.polyval(ks.sigma_coeffs, 1600)
     expect = (raw[0::2, 0::2] * 959 * ka / k + (s / k**2 - sa / ka**2) * ka) / 959 * 256
-    np.testing.assert_allclose(seen[0][0, 0].numpy(), expect, rtol=1e-5)
+    b = 8                                      # the frame arrives mirrored by the border on every side
+    np.testing.assert_allclose(seen[0][0, 0, b:b + 16, b:b + 24].numpy(), expect, rtol=1e-5)
     with pytest.raises(InputError, match="positive"):
         Denoiser.from_module(Spy(), spec).run(raw, cfa="RGGB", iso=-5)
 

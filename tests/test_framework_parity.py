@@ -60,7 +60,7 @@ def expected_output(arch, y):
 
 
 def run_denoiser(model_path, arch, img):
-    with Denoiser.load(model_path, tile=0) as dn:
+    with Denoiser.load(model_path, tile=0, border=0) as dn:
         if arch == "pmrid":
             return dn.run(img, cfa="RGGB", black_level=0.0, white_level=1.0, iso=ISO)
         return dn.run(img)

@@ -134,7 +134,7 @@ def test_paddle_checkpoint_through_torch_and_onnx(paddle_run, tmp_path):
     z = np.load(work / "z.npy")[0]
     want = np.load(work / "output.npy")
     for path in (tmp_path / "invdn.pt", tmp_path / "invdn.onnx"):
-        with Denoiser.load(path, tile=0) as dn:
+        with Denoiser.load(path, tile=0, border=0) as dn:
             assert_close(dn.run(img, inputs={"z": z}), want)
 
 
@@ -151,7 +151,7 @@ def test_paddle_exported_model_with_its_own_noise_input(paddle_run, tmp_path):
     spec, _ = paddle2onnx(work / "export" / "model", spec_in, tmp_path / "invdn_paddle.onnx")
     assert spec.in_channels == 48 and spec.data_channels == 3
     img = np.load(work / "input.npy")[0].transpose(1, 2, 0)
-    with Denoiser.load(tmp_path / "invdn_paddle.onnx", tile=0) as dn:
+    with Denoiser.load(tmp_path / "invdn_paddle.onnx", tile=0, border=0) as dn:
         assert_close(dn.run(img, inputs={"noise": np.load(work / "noise.npy")[0]}), np.load(work / "output_jit.npy"))
         # its latent is the 4x4 mean of 16 unit normals: std 0.25, where the official model draws std 1
         drawn = dn.run(img)

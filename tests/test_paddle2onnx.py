@@ -86,7 +86,7 @@ def expected_output(name, y, inputs):
 
 
 def denoise(path, name, frame, tile, cfa=MOSAIC_ORDER, black=MOSAIC_BLACK):
-    with Denoiser.load(path, tile=tile) as dn:
+    with Denoiser.load(path, tile=tile, border=0) as dn:
         if name == "rgb":
             return dn.run(frame, black_level=RGB_BLACK, white_level=WHITE)
         if name == "mosaic":
@@ -152,7 +152,7 @@ def model_path(d, name):
 
 
 def manifest(path):
-    with Denoiser.load(path, tile=0) as dn:
+    with Denoiser.load(path, tile=0, border=0) as dn:
         return dn.spec
 
 

@@ -158,7 +158,7 @@ def converted(work):
 def denoise(path, frame, name, tile, cfa=MOSAIC_CFA):
     from rawdenoise import Denoiser
 
-    with Denoiser.load(path, tile=tile) as dn:
+    with Denoiser.load(path, tile=tile, border=0) as dn:
         return dn.run(frame, **run_kwargs(name, cfa)).astype(np.float64)
 
 

@@ -24,33 +24,35 @@ def test_identity_like_predictor_is_reproduced(h, w, tile, overlap, batch, rng):
 
 @settings(max_examples=80, deadline=None)
 @given(h=st.integers(1, 300), w=st.integers(1, 300), m=st.sampled_from([1, 4, 16, 32]),
-       k=st.integers(0, 6), overlap=st.integers(0, 40))
-def test_every_pixel_is_kept_exactly_once_with_its_context(h, w, m, k, overlap):
-    tile = k * m
-    needs_tiles = tile and tile < max(-(-h // m) * m, -(-w // m) * m)
+       k=st.integers(0, 6), overlap=st.integers(0, 40), margin_blocks=st.integers(0, 2))
+def test_every_pixel_is_kept_exactly_once_with_its_context(h, w, m, k, overlap, margin_blocks):
+    tile, margin = k * m, margin_blocks * m
+    needs_tiles = tile and tile < max(-(-h // m) * m, -(-w // m) * m) + 2 * margin
     if needs_tiles and tile < overlap_needed(overlap, m) + m:
         with pytest.raises(InputError):
-            plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m)
+            plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m, margin=margin)
         return
-    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m)
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple=m, margin=margin)
     count = np.zeros((h, w), int)
     th, tw = plan.tile_shape
     assert th % m == 0 and tw % m == 0
+    rows, cols = plan.rows, plan.cols
     for y0, x0, (a, b), (c, d) in plan.tiles():
         assert y0 % m == 0 and x0 % m == 0  # pooling grids line up with the untiled pass
-        assert 0 <= y0 and y0 + th <= plan.rows.padded and x0 + tw <= plan.cols.padded
+        assert -margin == rows.start <= y0 and y0 + th <= rows.start + rows.padded
+        assert -margin == cols.start <= x0 and x0 + tw <= cols.start + cols.padded
         count[a:b, c:d] += 1
         # kept cores start and end on the model's grid (or at the frame's edges): the receptive
         # radius is measured for grid-aligned blocks of outputs
         assert a % m == 0 and c % m == 0 and (b % m == 0 or b == h) and (d % m == 0 or d == w)
-        # kept pixels are >= overlap away from every cut edge (frame edges are not cuts)
-        if y0 > 0:
+        # kept pixels are >= overlap away from every cut edge (the covered axis' ends are not cuts)
+        if y0 > rows.start:
             assert a - y0 >= overlap
-        if y0 + th < plan.rows.padded:
+        if y0 + th < rows.start + rows.padded:
             assert y0 + th - b >= overlap
-        if x0 > 0:
+        if x0 > cols.start:
             assert c - x0 >= overlap
-        if x0 + tw < plan.cols.padded:
+        if x0 + tw < cols.start + cols.padded:
             assert x0 + tw - d >= overlap
     assert np.all(count == 1)
 
@@ -150,22 +152,24 @@ def test_suggested_tile_bounds_the_overlap_cost(radius, m):
 
 @settings(max_examples=80, deadline=None)
 @given(h=st.integers(1, 90), w=st.integers(1, 90), m=st.sampled_from([1, 4, 16]), k=st.integers(0, 5),
-       overlap=st.integers(0, 12), fixed=st.booleans())
-def test_every_tile_is_a_window_of_the_reflect_padded_frame(h, w, m, k, overlap, fixed):
-    """Tiles (cut by slicing inside the frame, by index beyond it) equal windows of np.pad(reflect)."""
+       overlap=st.integers(0, 12), fixed=st.booleans(), margin_blocks=st.integers(0, 2))
+def test_every_tile_is_a_window_of_the_reflect_padded_frame(h, w, m, k, overlap, fixed, margin_blocks):
+    """Tiles (cut by slicing inside the frame, by index beyond it) equal windows of np.pad(reflect),
+    the frame mirrored by the margin in front as well."""
     from rawdenoise.tiling import iter_tiles
 
     from hypothesis import assume
 
+    margin = margin_blocks * m
     assume(k == 0 or k * m >= overlap_needed(overlap, m) + m)
     x = np.arange(2 * h * w, dtype=np.float32).reshape(2, h, w)
-    plan = plan_tiles(h, w, tile=k * m, overlap=overlap, multiple=m, pad_to_tile=fixed)
+    plan = plan_tiles(h, w, tile=k * m, overlap=overlap, multiple=m, pad_to_tile=fixed, margin=margin)
     th, tw = plan.tile_shape
     bottom = max(y0 for y0, _, _, _ in plan.tiles()) + th - h
     right = max(x0 for _, x0, _, _ in plan.tiles()) + tw - w
-    padded = np.pad(x, ((0, 0), (0, max(bottom, 0)), (0, max(right, 0))), mode="reflect")
+    padded = np.pad(x, ((0, 0), (margin, max(bottom, 0)), (margin, max(right, 0))), mode="reflect")
     for y0, x0, tile in iter_tiles(x, plan):
-        np.testing.assert_array_equal(tile, padded[:, y0:y0 + th, x0:x0 + tw])
+        np.testing.assert_array_equal(tile, padded[:, y0 + margin:y0 + margin + th, x0 + margin:x0 + margin + tw])
 
 
 def test_phase_dependent_reach_is_exact_at_the_block_radius(rng):
@@ -187,3 +191,25 @@ def test_phase_dependent_reach_is_exact_at_the_block_radius(rng):
         plan = plan_tiles(97, 5, tile=tile, overlap=7, multiple=2)
         assert len(plan.rows.origins) > 2
         np.testing.assert_allclose(run_tiled(predict, x, plan), full, rtol=1e-6)
+
+
+def test_a_margin_gives_frame_edges_context(rng):
+    """A zero-padded 5x5 box filter (as a conv pads) darkens a flat frame's edges; with the frame
+    mirrored by a margin >= its radius the edges stay flat, tiled and untiled alike."""
+    from scipy.ndimage import uniform_filter
+
+    def predict(b):
+        return uniform_filter(b, size=(1, 1, 5, 5), mode="constant")
+
+    flat = np.full((1, 40, 52), 0.5, np.float32)
+    bare = run_tiled(predict, flat, plan_tiles(40, 52, tile=0, overlap=0, multiple=4))
+    assert bare[0, 0, 0] < 0.5 * 0.4                     # the corner sees zeros
+    for tile in (0, 24):
+        out = run_tiled(predict, flat, plan_tiles(40, 52, tile=tile, overlap=2, multiple=4, margin=4))
+        np.testing.assert_allclose(out, 0.5, rtol=1e-6)
+    x = rng.random((1, 61, 47), dtype=np.float32)
+    full = run_tiled(predict, x, plan_tiles(61, 47, tile=0, overlap=0, multiple=4, margin=8))
+    tiled = run_tiled(predict, x, plan_tiles(61, 47, tile=24, overlap=2, multiple=4, margin=8))
+    np.testing.assert_allclose(tiled, full, rtol=1e-6)
+    mirrored = np.pad(x[0], 8, mode="reflect")
+    np.testing.assert_allclose(full[0], uniform_filter(mirrored, 5, mode="constant")[8:-8, 8:-8], rtol=1e-5)

@@ -89,7 +89,7 @@ def test_artifact_runs_through_the_denoiser_as_trained(tmp_path, rng):
     mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 0::2], mosaic[1::2, 1::2] = noisy[0]
     black, white = 512.0, t.profile.white_level
     dn = mosaic * (white - black) + black
-    with Denoiser.load(path) as d:
+    with Denoiser.load(path, border=0) as d:
         out = d.run(dn, cfa="RGGB", black_level=black, white_level=white, iso=iso)
         k, s2 = t.profile.normalised(iso)
         out_noise = d.run(dn, cfa="RGGB", black_level=black, white_level=white, noise=(k, s2))

@@ -58,7 +58,7 @@ def test_pmrid_release_style_state_dict_loads_strict_and_runs(tmp_path):
     assert payload["spec"]["origin"]["framework"] == "torch"
     assert payload["spec"]["origin"]["source_file"] == "torch_pretrained.ckp"
     raw = np.random.default_rng(0).integers(0, 1024, (64, 96), dtype=np.uint16)
-    with Denoiser.load(tmp_path / "p.pt") as dn:
+    with Denoiser.load(tmp_path / "p.pt", border=0) as dn:
         out = dn.run(raw, cfa="RGGB", black_level=0, white_level=1023, iso=800)
     assert out.shape == raw.shape and out.dtype == raw.dtype
 
@@ -116,7 +116,7 @@ def test_pmrid_denoiser_matches_published_processing():
     bayer = (rng.random((64, 96)) * 1.1 - 0.02).astype(np.float32)  # a few values outside [0, 1]
     bayer_in = bayer.copy()
     ref = pmrid_reference(net, bayer.astype(np.float64), 3200)
-    with Denoiser.from_module(net, spec, tile=0) as dn:
+    with Denoiser.from_module(net, spec, tile=0, border=0) as dn:
         got = dn.run(bayer, cfa="RGGB", black_level=0.0, white_level=1.0, iso=3200)
     np.testing.assert_array_equal(bayer, bayer_in)
     assert got.dtype == np.float32

@@ -103,13 +103,14 @@ def convert(src, arch: str, out, *, framework: str | None = None, arch_kwargs: d
 
     from rawdenoise import zoo
 
-    from .weightmap import apply_map, build_map
+    from .weightmap import apply_map, build_map, drop_training_only
 
     fw = framework or detect_framework(src)
     if fw not in FRAMEWORKS:
         raise InputError(f"--from {fw!r} is not one of {', '.join(FRAMEWORKS)}")
     module = zoo.create(arch, **(arch_kwargs or {}))
     tensors, kind = read_source(src, fw)
+    tensors, dropped = drop_training_only(module, tensors)
     entries = build_map(module, fw, arch)
     targets = module.state_dict()
     mapped = apply_map(entries, tensors, {k: tuple(v.shape) for k, v in targets.items()}, fw)
@@ -123,6 +124,10 @@ def convert(src, arch: str, out, *, framework: str | None = None, arch_kwargs: d
     origin = {"framework": fw, "format": kind, "source_file": Path(src).name, "sha256": sha, "files": files,
               "arch": arch}
     spec = spec.replace(origin=origin)
+    if dropped:
+        note = f"{sum(dropped.values())} training-only tensors of {Path(src).name} not used at inference: " + \
+            ", ".join(f"{group} ({n})" for group, n in dropped.items())
+        spec = spec.replace(notes={**spec.notes, "dropped_on_import": note})
     return zoo.save(module.eval(), out, spec, overwrite=overwrite)
 
 

@@ -238,6 +238,24 @@ def resolve_keras3_positions(entries: list[Entry], sources: Mapping[str, np.ndar
     return renamed
 
 
+def drop_training_only(module, sources: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """(kept sources, {group: count} dropped): the tensors an architecture declares training-only
+    through `module.training_only(name) -> group | None` (e.g. a contrastive encoder's key branch).
+    Architectures without that rule keep every tensor, so the strict map still sees them all."""
+    rule = getattr(module, "training_only", None)
+    if rule is None:
+        return dict(sources), {}
+    kept: dict[str, np.ndarray] = {}
+    dropped: dict[str, int] = {}
+    for name, value in sources.items():
+        group = rule(name)
+        if group is None:
+            kept[name] = value
+        else:
+            dropped[group] = dropped.get(group, 0) + 1
+    return kept, dropped
+
+
 def _close(name: str, pool: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(pool), n=3, cutoff=0.4)
     return f" (closest: {', '.join(close)})" if close else ""

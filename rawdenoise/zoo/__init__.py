@@ -1,6 +1,6 @@
 """Model zoo: torch architectures, a registry, and the SDK's `.pt` artifact. Imports torch."""
 
-from . import invdn, n2n, pmrid, unet  # noqa: F401  (registers)
+from . import airnet, invdn, n2n, pmrid, unet  # noqa: F401  (registers)
 from .artifact import load, measure_receptive_radius, read, save
 from .registry import create, default_spec, get, names, register
 

@@ -125,10 +125,11 @@ def save(module: torch.nn.Module, path, spec: ModelSpec | None = None, *, overwr
     name, kwargs = arch
     if spec is None:
         # default manifest: measured receptive field, and a tile large enough that the overlap
-        # costs at most 25 % extra compute
+        # costs at most 25 % extra compute (an architecture may declare it unbounded: None)
         spec = registry.default_spec(name, **kwargs)
-        radius = measure_receptive_radius(module, spec)
-        spec = spec.replace(receptive_radius=radius, tile=suggest_tile(radius, spec.multiple))
+        if spec.receptive_radius == 0:
+            radius = measure_receptive_radius(module, spec)
+            spec = spec.replace(receptive_radius=radius, tile=suggest_tile(radius, spec.multiple))
     elif spec.receptive_radius == 0:
         spec = spec.replace(receptive_radius=measure_receptive_radius(module, spec))
     payload = {

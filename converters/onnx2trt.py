@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rawdenoise.errors import ConversionError, InputError, ModelFileError, missing
+from rawdenoise.errors import ConversionError, InputError, missing
 from rawdenoise.fileio import atomic_output, sha256_file
-from rawdenoise.spec import METADATA_KEY, ModelSpec
+from rawdenoise.spec import ModelSpec
 
 from runtimes import trt_engine as tb
 

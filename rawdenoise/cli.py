@@ -16,12 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MissingDependencyError, RawDenoiseError
+from .errors import InputError, MissingDependencyError, RawDenoiseError, one_line
 
 MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine", ".plan", ".trt")
 OUTPUT_FORMATS = ("dng", "tiff", "npy")
 DELEGATED = {
     "compare": ("rawdenoise.compare", "compare denoisers on the same frames"),
+    "batch": ("rawdenoise.batch", "denoise many files into a folder, here or on a Ray cluster"),
 }
 COMMAND_GROUP = "rawdenoise.commands"
 
@@ -247,7 +248,8 @@ def cmd_denoise(args) -> int:
             try:
                 frame = read_frame(src, args)
                 # an ISO on the command line is explicit, as run(iso=...) is (a file's ISO is metadata)
-                clean = dn.run(frame, iso=args.iso, noise=_profile_noise(profile, frame), ensemble=args.ensemble)
+                noise = profile.frame_noise(frame) if profile else None
+                clean = dn.run(frame, iso=args.iso, noise=noise, ensemble=args.ensemble)
                 write_output(dst, clean, like=frame, overwrite=args.overwrite)
                 if prev is not None:
                     from .preview import write_preview
@@ -257,7 +259,7 @@ def cmd_denoise(args) -> int:
                 if len(plan) == 1:
                     raise
                 failures += 1
-                tqdm.write(f"rawdenoise: error: {src}: {_one_line(e)}", file=sys.stderr)
+                tqdm.write(f"rawdenoise: error: {src}: {one_line(e)}", file=sys.stderr)
         bar.close()
     if failures:
         print(f"rawdenoise: error: {failures} of {len(plan)} files failed", file=sys.stderr)
@@ -271,17 +273,6 @@ def _load_profile(path: Path | None):
     from rawdenoise.profile import NoiseProfile
 
     return NoiseProfile.load(path)
-
-
-def _profile_noise(profile, frame):
-    """(k, sigma^2) of the frame in normalised units from a camera noise profile at its ISO."""
-    if profile is None:
-        return None
-    iso = frame.meta.get("iso")
-    if iso is None:
-        raise InputError(f"--profile needs the frame's ISO, and {frame.meta.get('source', 'the file')} has none; "
-                         f"pass --iso N")
-    return profile.normalised(float(iso))
 
 
 # ---- info -----------------------------------------------------------------------------------------------
@@ -331,10 +322,6 @@ def cmd_info(args) -> int:
 
 
 # ---- entry point ----------------------------------------------------------------------------------------
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"rawdenoise: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
@@ -347,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning        # one line each, no source location
             return int(args.func(args) or 0)
     except RawDenoiseError as e:
-        print(f"rawdenoise: error: {_one_line(e)}", file=sys.stderr)
+        print(f"rawdenoise: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rawdenoise: interrupted", file=sys.stderr)

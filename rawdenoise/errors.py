@@ -50,6 +50,11 @@ class NoiseFallbackWarning(RawDenoiseWarning):
     """A frame's noise could not be measured, and a default noise level was used instead."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (what the command-line tools print)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def missing(package: str, extra: str, purpose: str) -> MissingDependencyError:
     """Build the standard error for an optional package that is not installed."""
     return MissingDependencyError(
@@ -65,7 +70,7 @@ def run_cli(body, prog: str) -> int:
     try:
         return body()
     except RawDenoiseError as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -62,6 +62,14 @@ class NoiseProfile:
             raise InputError(f"profile {self.name!r} gives k={k}, sigma2={s2} at ISO {iso}; outside its valid range?")
         return k / self.range, s2 / self.range ** 2
 
+    def frame_noise(self, frame) -> tuple[float, float]:
+        """(k, sigma2) of a RawFrame in normalised units, at the ISO its metadata gives."""
+        iso = frame.meta.get("iso")
+        if iso is None:
+            raise InputError(f"a noise profile needs the frame's ISO, and {frame.meta.get('source', 'the file')} "
+                             f"has none; pass --iso N (iso=)")
+        return self.normalised(float(iso))
+
     def ksigma(self, anchor_iso: float) -> KSigma:
         """The manifest's k-sigma transform for this profile (coefficients in DN, v = white - black)."""
         return KSigma(k_coeffs=self.k_coeffs, sigma_coeffs=self.sigma2_coeffs, anchor_iso=float(anchor_iso),

@@ -124,3 +124,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "missing.pt"), "--iso", "800"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("evaluate: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_edge_band_and_inner_psnr_split_the_frame():
+    from tools.evaluate import edge_mask
+
+    m = edge_mask((40, 60), 16)
+    assert m.sum() == 40 * 60 - 8 * 28 and not m[16:24, 16:44].any() and m[0].all() and m[:, -1].all()

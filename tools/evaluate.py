@@ -128,14 +128,24 @@ def model_profile(denoiser) -> NoiseProfile | None:
     return NoiseProfile.from_dict(d) if d else None
 
 
+def edge_mask(shape, band: int) -> np.ndarray:
+    """True on the outer `band` pixels of a frame."""
+    m = np.zeros(shape, bool)
+    m[:band], m[-band:], m[:, :band], m[:, -band:] = True, True, True, True
+    return m
+
+
 def evaluate(model, *, isos=DEFAULT_ISOS, profile: NoiseProfile | None = None, blind: bool = False,
              runtime: str | None = None, baseline: bool = True, n_scenes: int = 4, size: int = 512,
-             photos: bool = True, ensemble: int = 1, log=None) -> list[dict]:
+             photos: bool = True, ensemble: int = 1, border: int | None = None, band: int = 0,
+             log=None) -> list[dict]:
     """Rows {iso, method, psnr, ssim} (means over the test frames). With `ensemble` > 1 the model
-    rows are repeated with that self-ensemble (methods suffixed -xN)."""
+    rows are repeated with that self-ensemble (methods suffixed -xN). `border` is the Denoiser's
+    (default: the model's); with `band` > 0 the model's PSNR is also given on the frames' outer
+    `band` pixels and on the rest (methods model-edge, model-inner; SSIM not computed)."""
     from rawdenoise import Denoiser
 
-    with Denoiser.load(model, runtime=runtime) as dn:
+    with Denoiser.load(model, runtime=runtime, border=border) as dn:
         trained_on = model_profile(dn)
         profile = profile or trained_on or default_profile()
         # the ISO path uses the model's own coefficients: valid only for the profile it was trained on
@@ -149,6 +159,11 @@ def evaluate(model, *, isos=DEFAULT_ISOS, profile: NoiseProfile | None = None, b
             def add(method, est, clean):
                 acc.setdefault(method, []).append((psnr(est, clean), ssim_mosaic(est, clean)))
 
+            def add_parts(est, clean):
+                edge = edge_mask(clean.shape, band)
+                for method, part in (("model-edge", edge), ("model-inner", ~edge)):
+                    acc.setdefault(method, []).append((psnr(est[part], clean[part]), np.nan))
+
             black = list(profile.black_level)
             for f in frames:
                 add("noisy", _normalise(f.noisy_dn, profile), f.clean)
@@ -161,6 +176,8 @@ def evaluate(model, *, isos=DEFAULT_ISOS, profile: NoiseProfile | None = None, b
                     else:
                         out = dn.run(f.noisy_dn, iso=iso, **kw)
                     add("model" + tag, _normalise(out, profile), f.clean)
+                    if band and n == 1:
+                        add_parts(_normalise(out, profile), f.clean)
                     if blind:
                         add("model-blind" + tag, _normalise(dn.run(f.noisy_dn, **kw), profile), f.clean)
             for method, vals in acc.items():
@@ -183,7 +200,7 @@ def table(rows: list[dict]) -> str:
         line = [str(iso)]
         for m in methods:
             r = by.get((iso, m))
-            line.append(f"{r['psnr']:.2f} / {r['ssim']:.4f}" if r else "-")
+            line.append("-" if r is None else f"{r['psnr']:.2f} / " + ("-" if np.isnan(r["ssim"]) else f"{r['ssim']:.4f}"))
         if (iso, "model") in by and (iso, "noisy") in by:
             line.append(f"{by[(iso, 'model')]['psnr'] - by[(iso, 'noisy')]['psnr']:+.2f}")
         lines.append(line)
@@ -205,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the sample photographs (dead-leaves scenes only)")
     ap.add_argument("--ensemble", type=int, choices=(2, 4, 8), metavar="N",
                     help="also run the model with an N-orientation self-ensemble (2, 4 or 8)")
+    ap.add_argument("--border", type=int, help="the Denoiser's border (default: the model's; 0: none)")
+    ap.add_argument("--band", type=int, default=0, metavar="PX",
+                    help="also give the model's PSNR on the outer PX pixels of each frame and on the rest")
     ap.add_argument("--csv", help="write the rows to this CSV file")
     args = ap.parse_args(argv)
 
@@ -212,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = NoiseProfile.load(args.profile) if args.profile else None
         rows = evaluate(args.model, isos=args.iso, profile=profile, blind=args.blind, runtime=args.runtime,
                         baseline=args.baseline, n_scenes=args.scenes, size=args.size,
-                        photos=args.photos, ensemble=args.ensemble or 1)
+                        photos=args.photos, ensemble=args.ensemble or 1, border=args.border, band=args.band)
         print(table(rows))
         if args.csv:
             from rawdenoise.fileio import atomic_output

@@ -134,7 +134,7 @@ class Denoiser:
         if str(path) == "default":
             from .models import default_model_path
 
-            path = default_model_path(runtime)
+            path = default_model_path(runtime, precision)
         path = Path(path)
         name = runtimes.canonical(runtime) if runtime else runtimes.for_path(path)
         runner = runtimes.get(name)(path, device=device, precision=precision, threads=threads, **runner_options)

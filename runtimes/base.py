@@ -41,7 +41,18 @@ class Runner:
                 raise AssertionError(f"{type(self).__name__}.activate_impl did not set a spec")
             if self.precision is None:
                 self.precision = self.spec.precision
+            elif self.precision not in self.precisions():
+                wanted, self.precision = self.precision, None
+                self.deactivate_impl()
+                raise InputError(
+                    f"the {self.name} runtime cannot run {self.source!r} at precision {wanted}: the model is "
+                    f"{self.spec.precision} and this runner gives {', '.join(self.precisions())}; load a model "
+                    f"file of that precision (python -m converters.quantize makes an INT8 one)")
         return self
+
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this runner can run the loaded model at (the file's own, unless it converts)."""
+        return (self.spec.precision,)
 
     def deactivate(self) -> None:
         if self.is_active:

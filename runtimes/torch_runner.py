@@ -67,6 +67,9 @@ class TorchRunner(Runner):
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
+    def precisions(self) -> tuple[str, ...]:
+        return ("fp32", "fp16") if self.device.startswith("cuda") else ("fp32",)
+
     def preferred_batch(self) -> int:
         return 1 if self.device == "cpu" else 4
 

@@ -93,3 +93,21 @@ def test_missing_framework_names_the_extra(monkeypatch):
     with pytest.raises(RawDenoiseError, match=r"rawdenoise\[onnx\]"):
         runtimes.get("onnxruntime")
     assert "rawdenoise[onnx]" in runtimes.available()["onnxruntime"]
+
+
+def test_a_precision_the_runner_cannot_give_is_an_error(tiny_unet_onnx, tiny_unet_pt):
+    from rawdenoise import Denoiser
+    from rawdenoise.errors import InputError, ModelFileError
+    from rawdenoise.models import INT8_FILE, MODELS_DIR
+
+    with pytest.raises(InputError, match="cannot run .* at precision int8: the model is fp32"):
+        Denoiser.load(tiny_unet_onnx, precision="int8")
+    with pytest.raises(InputError, match="precision"):
+        Denoiser.load(tiny_unet_pt, precision="int8")
+    assert Denoiser.load(tiny_unet_onnx, precision="fp32").runtime.precision == "fp32"
+    # the default model: the INT8 file when it ships, never the FP32 one under another name
+    if (MODELS_DIR / INT8_FILE).is_file():
+        assert Denoiser.load("default", precision="int8").spec.precision == "int8"
+    else:
+        with pytest.raises(ModelFileError, match="no INT8 default model"):
+            Denoiser.load("default", precision="int8")

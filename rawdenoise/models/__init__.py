@@ -13,15 +13,26 @@ from ..errors import InputError, ModelFileError
 
 MODELS_DIR = Path(__file__).resolve().parent
 _FILES = {"torch": "default.pt", "onnxruntime": "default.onnx"}
+# INT8 ships for ONNX Runtime only (a Q/DQ model; TensorRT builds engines from it)
+INT8_FILE = "default.int8.onnx"
 _ALIASES = {"torch": "torch", "pytorch": "torch", "pt": "torch", "onnxruntime": "onnxruntime", "ort": "onnxruntime",
             "onnx": "onnxruntime"}
 
 
-def default_model_path(runtime: str | None = None) -> Path:
-    """Path of the default model for `runtime` ('torch' or 'onnxruntime').
+def default_model_path(runtime: str | None = None, precision: str | None = None) -> Path:
+    """Path of the default model for `runtime` ('torch' or 'onnxruntime') and `precision`.
 
     With no runtime: the ONNX file when onnxruntime is installed, else the torch file.
+    `precision="int8"`: the INT8 model, when one ships (ONNX Runtime).
     """
+    if precision == "int8":
+        if runtime is not None and _ALIASES.get(str(runtime).lower()) != "onnxruntime":
+            raise InputError(f"the INT8 default model runs on onnxruntime, not {runtime!r}")
+        path = MODELS_DIR / INT8_FILE
+        if not path.is_file():
+            raise ModelFileError("no INT8 default model ships with this version of rawdenoise; make one with "
+                                 "python -m converters.quantize (see the README's INT8 section)")
+        return path
     if runtime is None:
         name = "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
     else:

@@ -1,9 +1,10 @@
 """`rawdenoise compare`: run several model artifacts on the same frame and tabulate their differences.
 
 Every artifact goes through `Denoiser.run` (same levels, packing, tiling); the first one is the
-reference. Per model: max and mean |difference| in DN, PSNR between outputs, the error in dark
-regions (reference below 5 % of the range), a seam ratio (how much the image jumps across tile
-borders compared with everywhere else; 1.0 = no seams) and the time per frame.
+reference. Per model: max and mean |difference| in DN, PSNR between outputs, the signal-to-error
+ratio of its correction (output - input) against the reference's, the error in dark regions
+(reference below 5 % of the range), a seam ratio (how much the image jumps across tile borders
+compared with everywhere else; 1.0 = no seams) and the time per frame.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Row:
     dark_dn: float
     seam: float
     seconds: float
+    # the correction (output - input) against the reference's: 10 log10(|c_ref|^2 / |c - c_ref|^2).
+    # A denoiser's whole job is that correction, which can be far less accurate than the outputs
+    # (whose PSNR is dominated by the image they share) suggest
+    correction_snr_db: float = math.nan
 
 
 def _borders(axis) -> list[int]:
@@ -79,6 +84,12 @@ def seam_ratio(img: np.ndarray, plan: TilePlan, *, bayer: bool, dy: int = 0, dx:
     seam = np.mean([r[0] for r in ratios])
     other = np.mean([r[1] for r in ratios])
     return float(seam / other) if other > 0 else math.nan
+
+
+def snr_db(signal: np.ndarray, error: np.ndarray) -> float:
+    """10 log10(|signal|^2 / |error|^2) (inf when the error is zero)."""
+    e = float(np.sum(np.square(error)))
+    return math.inf if e == 0 else 10 * math.log10(float(np.sum(np.square(signal))) / e)
 
 
 def _psnr(diff: np.ndarray, peak: float) -> float:
@@ -131,6 +142,7 @@ def compare(models: Sequence[str], raw, *, tile: int | None = None, iso: float |
             if ref is None:
                 ref = out64
                 dark = (ref - black) < DARK_FRACTION * peak
+                ref_correction = ref - np.asarray(getattr(raw, "data", raw), np.float64)
                 diff = np.zeros_like(ref)
             else:
                 if out64.shape != ref.shape:
@@ -139,18 +151,24 @@ def compare(models: Sequence[str], raw, *, tile: int | None = None, iso: float |
             ad = np.abs(diff)
             rows.append(Row(str(path), dn.runtime.name, dn.runtime.precision or s.precision, float(ad.max()),
                             float(ad.mean()), _psnr(diff, peak),
-                            float(ad[dark].mean()) if dark.any() else math.nan, seam, seconds))
+                            float(ad[dark].mean()) if dark.any() else math.nan, seam, seconds,
+                            snr_db(ref_correction, diff)))
     return rows
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    head = ("model", "runtime", "prec", "max DN", "mean DN", "PSNR dB", "dark DN", "seam", "s/frame")
+    head = ("model", "runtime", "prec", "max DN", "mean DN", "PSNR dB", "corr SNR dB", "dark DN", "seam",
+            "s/frame")
     body = []
+
+    def db(v):
+        return "inf" if math.isinf(v) else f"{v:.2f}"
+
     for i, r in enumerate(rows):
         ref = i == 0
         body.append((Path(r.model).name + (" (ref)" if ref else ""), r.runtime, r.precision,
                      "-" if ref else f"{r.max_dn:.3g}", "-" if ref else f"{r.mean_dn:.3g}",
-                     "-" if ref else ("inf" if math.isinf(r.psnr_db) else f"{r.psnr_db:.2f}"),
+                     "-" if ref else db(r.psnr_db), "-" if ref else db(r.correction_snr_db),
                      "-" if ref else f"{r.dark_dn:.3g}", "n/a" if math.isnan(r.seam) else f"{r.seam:.3f}",
                      f"{r.seconds:.3f}"))
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]

@@ -59,6 +59,9 @@ def test_metrics_match_direct_computation(frame, tiny_unet_pt, other_pt):
     assert r.psnr_db == pytest.approx(10 * math.log10((WHITE - BLACK) ** 2 / np.mean(d ** 2)))
     dark = (ya - BLACK) < 0.05 * (WHITE - BLACK)
     assert dark.any() and r.dark_dn == pytest.approx(np.abs(d[dark]).mean())
+    # the corrections (output - input) of the two models against each other
+    ca, cb = ya - raw, yb - raw
+    assert r.correction_snr_db == pytest.approx(10 * math.log10(np.sum(ca ** 2) / np.sum((cb - ca) ** 2)))
     assert r.runtime == "torch" and r.seconds > 0
 
 

@@ -31,6 +31,8 @@ from rawdenoise.spec import METADATA_KEY
 
 from rawdenoise.errors import run_cli
 
+from .qdq_accuracy import Accuracy, HeldBack
+
 METHODS = ("minmax", "entropy", "percentile")
 # the default 128 histogram bins make entropy calibration pick the same ranges as min/max
 ENTROPY_BINS = 2048
@@ -45,26 +47,28 @@ class QuantReport:
     output: Path
     n_calib: int
     n_held: int
-    psnr_db: float
-    max_err_dn: float
-    mean_err_dn: float
+    accuracy: "Accuracy | None"                  # on the held-back tiles (None without any)
     notes: dict[str, Any] = field(default_factory=dict)
-    max_err_share: float = math.nan      # the largest error as a share of white - black
+    float_nodes: list[str] = field(default_factory=list)   # convolutions kept in float
 
     def warning(self) -> str | None:
         """A loud line when the held-back error says the INT8 model loses the picture somewhere."""
-        if not self.n_held or (self.psnr_db >= WARN_PSNR_DB and self.max_err_share <= WARN_MAX_SHARE):
+        a = self.accuracy
+        if a is None or (a.psnr_db >= WARN_PSNR_DB and a.max_err_share <= WARN_MAX_SHARE):
             return None
-        return (f"INT8 differs from FP32 by up to {self.max_err_dn:.4g} DN ({100 * self.max_err_share:.1f} % of the "
-                f"range; PSNR {self.psnr_db:.1f} dB) on held-back tiles: check the calibration frames (exposures, "
-                f"ISOs) against the frames you will denoise, or keep sensitive layers in float")
+        return (f"INT8 differs from FP32 by up to {a.max_err_dn:.4g} DN ({100 * a.max_err_share:.1f} % of the "
+                f"range; PSNR {a.psnr_db:.1f} dB) on held-back tiles: check the calibration frames (exposures, "
+                f"ISOs) against the frames you will denoise, or keep sensitive layers in float (--max-loss-db)")
 
     def line(self) -> str:
-        if not self.n_held:
-            return f"wrote {self.output} ({self.n_calib} calibration tiles); no held-back tiles to measure accuracy"
-        return (f"wrote {self.output}: INT8 vs FP32 on {self.n_held} held-back tiles: PSNR {self.psnr_db:.2f} dB, "
-                f"max error {self.max_err_dn:.3g} DN, mean error {self.mean_err_dn:.3g} DN "
-                f"({self.n_calib} calibration tiles)")
+        a = self.accuracy
+        floats = f", {len(self.float_nodes)} convolutions in float" if self.float_nodes else ""
+        if a is None:
+            return f"wrote {self.output} ({self.n_calib} calibration tiles{floats}); no held-back tiles to measure accuracy"
+        return (f"wrote {self.output}: INT8 vs FP32 on {self.n_held} held-back tiles: PSNR {a.psnr_db:.2f} dB, "
+                f"max error {a.max_err_dn:.3g} DN, mean error {a.mean_err_dn:.3g} DN, correction SNR "
+                f"{a.correction_snr_db:.1f} dB, PSNR loss on re-noised tiles {a.loss_db:.3f} dB "
+                f"({self.n_calib} calibration tiles{floats})")
 
 
 def _ort():
@@ -192,16 +196,19 @@ TARGETS = {
 def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "entropy", samples: int = 64,
              holdout: int = 8, tile=None, levels: dict | None = None, progress: bool = False,
              overwrite: bool = True, quantize_bias: bool = True, target: str = "cpu",
-             float_ends: bool = False) -> QuantReport:
+             float_ends: bool = False, max_loss_db: float | None = None,
+             min_correction_snr_db: float | None = None, log=None) -> QuantReport:
     """Write a Q/DQ INT8 copy of `src_onnx` calibrated on RAW `sources` (or prepared `tiles`).
 
     `quantize_bias=False` keeps biases in float (no int32 DequantizeLinear), the form TensorRT
     fuses into its INT8 convolutions; ONNX Runtime CPU fuses int32 biases into QLinearConv.
     `target` picks the activation format (TARGETS); `float_ends` keeps the first and last
-    convolution in float.
+    convolution in float. With `max_loss_db` and/or `min_correction_snr_db`, convolutions are kept
+    in float, the most sensitive first, until the held-back tiles meet them (`search_float_nodes`);
+    `log` gets one line per step.
     """
     onnx, ort, q = _ort()
-    from rawdenoise.calibration import CalibrationTiles, psnr  # noqa: PLC0415
+    from rawdenoise.calibration import CalibrationTiles  # noqa: PLC0415
     from .onnx_model import read_onnx  # noqa: PLC0415
 
     if method not in METHODS:
@@ -217,6 +224,10 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
         raise InputError(f"{src_onnx} is already quantized (it has Q/DQ nodes); quantize the FP32 model")
     if spec.precision != "fp32":
         raise InputError(f"{src_onnx} is a {spec.precision} model; quantize the FP32 model")
+    if spec.inputs:
+        raise InputError(f"{src_onnx} takes extra inputs ({', '.join(i.name for i in spec.inputs)}), which "
+                         f"calibration does not feed; quantize a model that takes the image only")
+    targeted = max_loss_db is not None or min_correction_snr_db is not None
     if tiles is None:
         if not sources:
             raise InputError("no calibration data: pass --calib RAW files, folders or glob patterns")
@@ -236,59 +247,121 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
             cache = tmp / "ranges.json"
             _calibration_ranges(q, pre, reader, method, tmp, cache, symmetric=act_symmetric)
             kwargs["calibration_cache_path"] = str(cache)
-        qout = tmp / "q.onnx"
-        try:
-            graph = onnx.load(str(pre))
-            keep = residual_path(graph) + (end_convs(graph) if float_ends else [])
-            q.quantize_static(str(pre), str(qout), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              nodes_to_exclude=keep, reduce_range=reduce_range,
-                              activation_type=getattr(q.QuantType, act_type), weight_type=q.QuantType.QInt8,
-                              calibrate_method=cm,
-                              extra_options={"ActivationSymmetric": act_symmetric, "WeightSymmetric": True,
-                                             "CalibTensorRangeSymmetric": act_symmetric,
-                                             "QuantizeBias": bool(quantize_bias)}, **kwargs)
-        except (ValueError, RuntimeError) as e:
-            raise ConversionError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0][:300]}") from None
+        pre_model = onnx.load(str(pre))
+        residual = residual_path(pre_model)
+
+        def build(float_nodes: list[str]):
+            """The Q/DQ model with the residual path and `float_nodes` left in float."""
+            qout = tmp / "q.onnx"
+            reader.rewind()   # read again only where ORT has no calibration cache to take the ranges from
+            try:
+                q.quantize_static(str(pre), str(qout), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                                  nodes_to_exclude=residual + list(float_nodes), reduce_range=reduce_range,
+                                  activation_type=getattr(q.QuantType, act_type), weight_type=q.QuantType.QInt8,
+                                  calibrate_method=cm,
+                                  extra_options={"ActivationSymmetric": act_symmetric, "WeightSymmetric": True,
+                                                 "CalibTensorRangeSymmetric": act_symmetric,
+                                                 "QuantizeBias": bool(quantize_bias)}, **kwargs)
+            except (ValueError, RuntimeError) as e:
+                raise ConversionError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0][:300]}") from None
+            return onnx.load(str(qout))
+
+        float_nodes = end_convs(pre_model) if float_ends else []
+        qmodel = build(float_nodes)
         n_calib = reader.count
         if n_calib == 0:
             raise InputError("the calibration sources gave no tiles; pass larger or more RAW files")
-        qmodel = onnx.load(str(qout))
+
+        # accuracy on tiles calibration never saw
+        held_tiles, scales = tiles.held_back()
+        accuracy, steps = None, []
+        if len(held_tiles):
+            ref_s = ort.InferenceSession(str(src_onnx), providers=["CPUExecutionProvider"])
+            held = HeldBack(lambda x: ref_s.run(None, {input_name: x})[0], spec, held_tiles, scales)
+
+            def measure(model) -> Accuracy:
+                sess = qdq_session(ort, model.SerializeToString(), exact=target == "tensorrt")
+                return held.measure(lambda x: sess.run(None, {input_name: x})[0])
+
+            accuracy = measure(qmodel)
+            if max_loss_db is not None and not held.clean:
+                raise InputError("--max-loss-db needs the noise level of the held-back frames, and none could be "
+                                 "measured (noise-free frames?); pass --iso, or use --min-correction-snr-db only")
+            if targeted:
+                candidates = [n.name for n in pre_model.graph.node if n.op_type in ("Conv", "ConvTranspose")
+                              and n.name not in residual]
+                qmodel, float_nodes, accuracy, steps = search_float_nodes(
+                    build, measure, candidates, float_nodes, qmodel, accuracy, max_loss_db,
+                    min_correction_snr_db, log=log)
+        elif targeted:
+            raise InputError("--max-loss-db / --min-correction-snr-db need held-back tiles: pass --holdout N > 0")
         hashes = tiles.source_hashes()
         fmt = (f"QDQ {act_type} {'symmetric' if act_symmetric else 'asymmetric'} activations, "
                f"QInt8 per-channel symmetric {'7-bit ' if reduce_range else ''}weights"
-               + (", first and last convolution in float" if float_ends else ""))
+               + (f", {len(float_nodes)} convolutions in float" if float_nodes else ""))
         notes = {"method": method, "tiles": n_calib, "sources": hashes, "target": target, "format": fmt,
                  "tile": list(tiles.tile_shape) if tiles.tile_shape else None}
+        if float_nodes:
+            notes["float_nodes"] = list(float_nodes)
+        if steps:
+            notes["mixed_precision"] = {"max_loss_db": max_loss_db, "min_correction_snr_db": min_correction_snr_db,
+                                        "steps": steps}
+        if accuracy is not None:
+            notes["held_back"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else round(v, 4))
+                                  for k, v in vars(accuracy).items()}
         origin = dict(spec.origin)
         origin["fp32_onnx"] = src_onnx.name
         origin["calibration_sha256"] = sorted(set(hashes.values()))
-        qspec = spec.replace(precision="int8", origin=origin,
-                             notes={**spec.notes, "quantization": notes})
+        qspec = spec.replace(precision="int8", origin=origin, notes={**spec.notes, "quantization": notes})
         del qmodel.metadata_props[:]
         entry = qmodel.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, qspec.to_json()
         data = qmodel.SerializeToString()
 
-    # accuracy on tiles calibration never saw
-    held, dn, peak = tiles.held_back()
-    p = mx = mean = math.nan
-    if len(held):
-        ref_s = ort.InferenceSession(str(src_onnx), providers=["CPUExecutionProvider"])
-        q_s = qdq_session(ort, data, exact=target == "tensorrt")
-        err_dn = []
-        for k in range(len(held)):
-            (r,) = ref_s.run(None, {input_name: held[k:k + 1]})
-            (o,) = q_s.run(None, {input_name: held[k:k + 1]})
-            err_dn.append((np.asarray(o, np.float64) - r).ravel() * dn[k])
-        err = np.concatenate(err_dn)
-        mx, mean = float(np.abs(err).max()), float(np.abs(err).mean())
-        # PSNR on the normalised scale: peak = white - black of each tile's frame
-        norm = np.concatenate([e / peak[k] for k, e in enumerate(err_dn)])
-        p = psnr(norm, np.zeros_like(norm))
-        share = float(np.abs(norm).max())
     with atomic_output(dst_onnx, overwrite=overwrite) as tmpf:
         tmpf.write_bytes(data)
-    return QuantReport(dst_onnx, n_calib, len(held), p, mx, mean, notes, share if len(held) else math.nan)
+    return QuantReport(dst_onnx, n_calib, len(held_tiles), accuracy, notes, list(float_nodes))
+
+
+def _step_line(what: str, a: Accuracy) -> str:
+    loss = f"{a.loss_db:.3f} dB" if math.isfinite(a.loss_db) else "n/a (no noise level known)"
+    return (f"{what}: PSNR loss {loss}, correction SNR {a.correction_snr_db:.1f} dB, "
+            f"vs FP32 {a.psnr_db:.1f} dB, {a.ms_per_tile:.0f} ms per tile")
+
+
+def search_float_nodes(build, measure, candidates: list[str], float_nodes: list[str], qmodel, accuracy: Accuracy,
+                       max_loss_db: float | None, min_correction_snr_db: float | None, *, log=None):
+    """Keep convolutions in float, most sensitive first, until the targets hold.
+
+    Sensitivity: the accuracy with that one convolution (besides those already in float) left in
+    float, ranked by how far it still misses the targets (then by correction SNR). Each candidate is
+    then added in that order and the whole model measured again, since errors of layers do not
+    simply add.
+    Returns (model, float nodes, accuracy, steps); the last model when every candidate is in float
+    and the targets still fail (the caller reports it).
+    """
+    log = log or (lambda line: None)
+    steps = [{"float": list(float_nodes), **vars(accuracy)}]
+    log(_step_line(f"INT8 ({len(float_nodes)} convolutions in float)", accuracy))
+    if accuracy.meets(max_loss_db, min_correction_snr_db):
+        return qmodel, float_nodes, accuracy, steps
+    rest = [c for c in candidates if c not in float_nodes]
+    sensitivity = {}
+    for c in rest:
+        sensitivity[c] = measure(build(float_nodes + [c]))
+        log(_step_line(f"  sensitivity: {c} alone in float", sensitivity[c]))
+    order = sorted(rest, key=lambda c: (sensitivity[c].shortfall(max_loss_db, min_correction_snr_db),
+                                        -sensitivity[c].correction_snr_db))
+    float_nodes = list(float_nodes)
+    for c in order:
+        float_nodes.append(c)
+        qmodel = build(float_nodes)
+        accuracy = measure(qmodel)
+        steps.append({"float": list(float_nodes), **vars(accuracy)})
+        log(_step_line(f"+ {c} in float ({len(float_nodes)} in float)", accuracy))
+        if accuracy.meets(max_loss_db, min_correction_snr_db):
+            break
+    return qmodel, float_nodes, accuracy, steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="cpu (default): asymmetric QUInt8 activations, for ONNX Runtime; "
                         "tensorrt: symmetric QInt8 only, the form TensorRT builds")
     p.add_argument("--float-ends", action="store_true", help="keep the first and last convolution in float")
+    p.add_argument("--max-loss-db", type=float, metavar="D",
+                   help="keep the most sensitive convolutions in float until the PSNR loss on re-noised held-back "
+                        "tiles is at most D dB")
+    p.add_argument("--min-correction-snr-db", "--max-loss-residual-db", dest="min_correction_snr_db", type=float,
+                   metavar="R", help="... and the correction (output - input) is within R dB signal-to-error of FP32's")
     p.add_argument("--samples", type=int, default=64, help="calibration tiles (default 64)")
     p.add_argument("--holdout", type=int, default=8, help="held-back tiles for the accuracy report (default 8)")
     p.add_argument("--tile", nargs=2, type=int, metavar=("H", "W"), help="tile size (default: the manifest's)")
@@ -319,8 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         rep = quantize(args.model, args.output, args.calib, method=args.method, samples=args.samples,
                        holdout=args.holdout, tile=tuple(args.tile) if args.tile else None, levels=levels,
                        progress=args.progress, overwrite=args.overwrite, target=args.target,
-                       float_ends=args.float_ends)
+                       float_ends=args.float_ends, max_loss_db=args.max_loss_db,
+                       min_correction_snr_db=args.min_correction_snr_db, log=print)
         print(rep.line())
+        a = rep.accuracy
+        if a is not None and not a.meets(args.max_loss_db, args.min_correction_snr_db):
+            print(f"quantize: WARNING: the targets are not met even with every convolution in float "
+                  f"({_step_line('final', a)})", file=sys.stderr)
         if rep.warning():
             print(f"quantize: WARNING: {rep.warning()}", file=sys.stderr)
         return 0

@@ -110,15 +110,15 @@ HIGHLIGHT_REACH = 0.9
 
 
 @dataclass(frozen=True)
-class PreparedFrame:
-    """Network input of one frame and the factor that turns network units back into DN."""
+class FrameScale:
+    """How one frame's network units relate to its sensor units, and its noise: what a tile needs
+    to be measured in DN, or re-noised, once its frame is gone."""
 
-    x: np.ndarray          # (C, h, w) float32, exactly what Denoiser.run tiles
     dn_per_unit: float     # (white - mean black) / gain: network units -> DN
     peak_dn: float         # white - mean black
-    source: str
     gain: float = 1.0      # network input = normalised * gain + offset
     offset: float = 0.0
+    noise: tuple[float, float] | None = None   # (k, sigma^2) in normalised units, when known
 
     def brightened(self, tile: np.ndarray) -> np.ndarray | None:
         """The tile as a brighter exposure whose brightest pixel is at white, or None when it
@@ -128,6 +128,15 @@ class PreparedFrame:
             return None
         f = 1.0 / top
         return ((tile - np.float32(self.offset)) * np.float32(f) + np.float32(self.offset)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """Network input of one frame and how to read it (FrameScale)."""
+
+    x: np.ndarray          # (C, h, w) float32, exactly what Denoiser.run tiles
+    scale: FrameScale
+    source: str
 
 
 class CalibrationTiles:
@@ -162,7 +171,7 @@ class CalibrationTiles:
         self.overrides = dict(cfa=cfa, black_level=black_level, white_level=white_level, iso=iso)
         self.progress = progress
         self.seed = int(seed)
-        self._held: list[tuple[np.ndarray, tuple[float, float]]] | None = None
+        self._held: list[tuple[np.ndarray, FrameScale]] | None = None
         self._reader: Iterator[np.ndarray] | None = None
 
     # ---- preparation (mirrors the first half of Denoiser.run) ------------------------------
@@ -171,7 +180,9 @@ class CalibrationTiles:
         p = self._dn.prepare(raw, **self.overrides)
         peak = p.levels.white - float(np.mean(p.levels.black))
         src = str(raw) if isinstance(raw, (str, os.PathLike)) else type(raw).__name__
-        return PreparedFrame(p.x, float(peak / p.gain), float(peak), src, float(p.gain), float(p.offset))
+        scale = FrameScale(float(peak / p.gain), float(peak), float(p.gain), float(p.offset),
+                           p.noise or _blind_noise(p.x, p.gain, p.offset))
+        return PreparedFrame(p.x, scale, src)
 
     def plan(self, x: np.ndarray):
         return self._dn.plan(x)
@@ -181,8 +192,8 @@ class CalibrationTiles:
         n = len(self.files)
         return total // n + (1 if i < total % n else 0)
 
-    def _walk(self, want_calib: bool = True) -> Iterator[tuple[str, np.ndarray, tuple[float, float]]]:
-        """('calib' | 'held', tile, (dn_per_unit, peak_dn)) over all frames, one frame in memory at a time."""
+    def _walk(self, want_calib: bool = True) -> Iterator[tuple[str, np.ndarray, FrameScale]]:
+        """('calib' | 'held', tile, its frame's scale) over all frames, one frame in memory at a time."""
         files = self.files
         bar = None
         if self.progress:
@@ -201,13 +212,13 @@ class CalibrationTiles:
                     n_cal = min(self._quota(i, self.samples), plan.n_tiles - n_held)
                     held = set(order[:n_held].tolist())
                     cal = set(order[n_held:n_held + n_cal].tolist()) if want_calib else set()
-                    scale = (frame.dn_per_unit, frame.peak_dn)
+                    scale = frame.scale
                     for j, (_, _, t) in enumerate(iter_tiles(frame.x, plan)):
                         role = "calib" if j in cal else "held" if j in held else None
                         if role is None:
                             continue
                         yield role, t, scale
-                        bright = frame.brightened(t)
+                        bright = scale.brightened(t)
                         if bright is not None:    # highlights, for ranges and for the accuracy report
                             yield role, bright, scale
                     del frame
@@ -220,7 +231,7 @@ class CalibrationTiles:
     # ---- consumers ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[np.ndarray]:
         """Calibration tiles (C, th, tw), float32; caches the held-back tiles on the way."""
-        held: list[tuple[np.ndarray, tuple[float, float]]] = []
+        held: list[tuple[np.ndarray, FrameScale]] = []
         for role, t, dn in self._walk():
             if role == "calib":
                 yield t
@@ -251,15 +262,13 @@ class CalibrationTiles:
     def rewind(self) -> None:
         self._reader = None
 
-    def held_back(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Held-back tiles (N, C, th, tw), each tile's DN per network unit (N,) and white - black in DN (N,)."""
+    def held_back(self) -> tuple[np.ndarray, list[FrameScale]]:
+        """Held-back tiles (N, C, th, tw) and each tile's frame scale."""
         if self._held is None:
             self._held = [(t, sc) for role, t, sc in self._walk(want_calib=False) if role == "held"]
         if not self._held:
-            c = self.spec.in_channels
-            return np.empty((0, c, 0, 0), np.float32), np.empty((0,)), np.empty((0,))
-        return (np.stack([t for t, _ in self._held]), np.array([sc[0] for _, sc in self._held]),
-                np.array([sc[1] for _, sc in self._held]))
+            return np.empty((0, self.spec.in_channels, 0, 0), np.float32), []
+        return np.stack([t for t, _ in self._held]), [sc for _, sc in self._held]
 
     def source_hashes(self) -> dict[str, str]:
         """sha256 of each calibration file (and of its .json sidecar when it has one)."""
@@ -280,6 +289,20 @@ class CalibrationTiles:
     @property
     def tile_shape(self) -> tuple[int, int] | None:
         return self.static_hw
+
+
+def _blind_noise(x: np.ndarray, gain: float, offset: float) -> tuple[float, float] | None:
+    """The frame's (k, sigma^2) estimated from its normalised network input: the Poisson-Gaussian
+    fit, else signal-independent noise of the details' robust variance; None for a noise-free frame."""
+    from .errors import NoiseEstimateError
+    from .noise import estimate_noise, robust_variance
+
+    norm = (x - np.float32(offset)) * np.float32(1.0 / gain)
+    try:
+        return estimate_noise(norm)
+    except NoiseEstimateError:
+        var = robust_variance(norm)
+        return (0.0, var) if var > 0 else None
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:

@@ -52,6 +52,16 @@ def _details(ch: np.ndarray):
     return (a + b + c + d) * 0.25, (a - b - c + d) * 0.5
 
 
+def robust_variance(x: np.ndarray) -> float:
+    """The noise variance of a (C, h, w) frame taken as signal-independent: the squared robust
+    spread (MAD) of its diagonal Haar details. A stand-in where the Poisson-Gaussian fit finds no
+    signal-dependent part."""
+    x = np.asarray(x, np.float64)
+    x = x if x.ndim == 3 else x[None]
+    _, d = _details(x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2].transpose(1, 2, 0))
+    return float((_MAD_TO_STD * np.median(np.abs(d))) ** 2)
+
+
 def block_statistics(x: np.ndarray, *, block: int = 16, max_blocks: int = 24000,
                      saturation: float = 0.98, trend: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(means, variances, smoothness) of the blocks of a (C, h, w) normalised frame.

@@ -72,7 +72,7 @@ def test_prepare_matches_float64_packing(tmp_path, rng):
     np.testing.assert_allclose(frame.x[0, :, 1:], norm[0::2, 1::2], atol=1e-6)   # R
     np.testing.assert_allclose(frame.x[1, :, :28], norm[0::2, 0::2], atol=1e-6)  # G on R rows
     np.testing.assert_allclose(frame.x[3, :, :28], norm[1::2, 0::2], atol=1e-6)  # B
-    assert frame.dn_per_unit == pytest.approx(4095 - 66) and frame.peak_dn == pytest.approx(4095 - 66)
+    assert frame.scale.dn_per_unit == pytest.approx(4095 - 66) and frame.scale.peak_dn == pytest.approx(4095 - 66)
 
 
 def test_ksigma_gain_applied_like_the_manifest_says(tmp_path, rng):
@@ -83,18 +83,18 @@ def test_ksigma_gain_applied_like_the_manifest_says(tmp_path, rng):
     k = CalibrationTiles([path], spec, tile=32).prepare(path)
     gain, offset = ks.gain_offset(iso=200)
     np.testing.assert_allclose(k.x, (plain * gain + offset) * 3.0, rtol=1e-5, atol=1e-6)
-    assert k.dn_per_unit == pytest.approx((4095 - 64) / (gain * 3.0))
+    assert k.scale.dn_per_unit == pytest.approx((4095 - 64) / (gain * 3.0))
 
 
 def test_holdout_is_disjoint_bounded_and_reproducible(frames):
     a = CalibrationTiles(frames, SPEC, tile=32, samples=7, holdout=5, seed=3)
     cal = list(a)
-    held, dn, peak = a.held_back()
-    assert len(cal) == 7 and held.shape == (5, 4, 32, 32) and dn.shape == peak.shape == (5,)
+    held, scales = a.held_back()
+    assert len(cal) == 7 and held.shape == (5, 4, 32, 32) and len(scales) == 5
     for h in held:
         assert not any(np.array_equal(h, c) for c in cal)
     b = CalibrationTiles(frames, SPEC, tile=32, samples=7, holdout=5, seed=3)
-    held_b, _, _ = b.held_back()  # computed without a calibration pass first
+    held_b, _ = b.held_back()  # computed without a calibration pass first
     np.testing.assert_array_equal(held, held_b)
     assert all(np.array_equal(x, y) for x, y in zip(cal, b))
 

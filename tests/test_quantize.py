@@ -108,7 +108,7 @@ def test_tensorrt_target_close_to_fp32_in_qdq_arithmetic(int8_model, tiny_unet_o
         got = dn.finish(y, p)
     assert _frame_psnr(got, ref) > 40.0
     # the command's own held-back measurement agrees with this independent one in magnitude
-    assert rep.psnr_db > 40.0 and rep.max_err_dn < 0.05 * (WHITE - BLACK)
+    assert rep.accuracy.psnr_db > 40.0 and rep.accuracy.max_err_dn < 0.05 * (WHITE - BLACK)
 
 
 def test_cli_prints_accuracy_and_fails_cleanly(tiny_unet_onnx, calib_dir, tmp_path, capsys):
@@ -261,8 +261,58 @@ def test_calibration_covers_highlights_the_frames_never_reach(tiny_unet_onnx, tm
 
 
 def test_a_large_held_back_error_warns(capsys):
+    from converters.qdq_accuracy import Accuracy
     from converters.quantize import QuantReport
 
-    ok = QuantReport("m.onnx", 8, 4, 55.0, 30.0, 2.0, max_err_share=0.002)
-    bad = QuantReport("m.onnx", 8, 4, 31.0, 9270.0, 40.0, max_err_share=0.57)
+    ok = QuantReport("m.onnx", 8, 4, Accuracy(55.0, 30.0, 2.0, 0.002, 30.0, 0.05, 10.0))
+    bad = QuantReport("m.onnx", 8, 4, Accuracy(31.0, 9270.0, 40.0, 0.57, 3.0, 2.0, 10.0))
     assert ok.warning() is None and "9270 DN" in bad.warning() and "57.0 %" in bad.warning()
+
+
+# ---- accuracy without a clean reference, and the accuracy-targeted search -----------------------------
+def test_held_back_accuracy_against_independent_figures(rng):
+    """An identity 'FP32' model: re-noised tiles come back with their noise, so the PSNR a biased
+    'INT8' model loses is 10 log10(1 + bias^2 / noise variance) (gain 1, black 0, white 1)."""
+    from converters.qdq_accuracy import HeldBack
+    from rawdenoise.calibration import FrameScale
+
+    spec = ModelSpec(multiple=8, tile=32, receptive_radius=4)
+    tiles = rng.uniform(0.2, 0.8, (6, 4, 32, 32)).astype(np.float32)
+    k, s2 = 1e-3, 1e-4
+    scales = [FrameScale(1000.0, 1000.0, 1.0, 0.0, (k, s2))] * len(tiles)
+    held = HeldBack(lambda x: x.copy(), spec, tiles, scales)
+    same = held.measure(lambda x: x.copy())
+    assert same.loss_db == 0 and math.isinf(same.correction_snr_db) and math.isinf(same.psnr_db)
+    bias = 0.01
+    a = held.measure(lambda x: x + np.float32(bias))
+    var = np.mean([k * np.mean(t) + s2 for t in tiles])
+    assert a.loss_db == pytest.approx(10 * math.log10(1 + bias ** 2 / var), abs=0.05)
+    assert a.max_err_dn == pytest.approx(bias * 1000, rel=1e-4) and a.psnr_db == pytest.approx(40.0, abs=1e-3)
+    # the identity's correction is zero: any error is infinitely large against it
+    assert a.correction_snr_db == -math.inf or a.correction_snr_db < -100
+
+
+def test_accuracy_targeted_mixed_precision(tiny_unet_onnx, calib_dir, tmp_path):
+    lines = []
+    out = tmp_path / "mixed.onnx"
+    plain = quantize(tiny_unet_onnx, tmp_path / "plain.onnx", [calib_dir], method="minmax", samples=8, holdout=4,
+                     tile=(64, 64))
+    want = plain.accuracy.correction_snr_db + 2.0          # a target the plain INT8 model misses
+    rep = quantize(tiny_unet_onnx, out, [calib_dir], method="minmax", samples=8, holdout=4, tile=(64, 64),
+                   max_loss_db=0.05, min_correction_snr_db=want, log=lines.append)
+    convs = [n.name for n in onnx.load(str(tiny_unet_onnx)).graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert lines[0].startswith("INT8 (0 convolutions in float)") and any("sensitivity" in l for l in lines)
+    steps = rep.notes["mixed_precision"]["steps"]
+    assert [len(s["float"]) for s in steps] == list(range(len(steps)))      # one more convolution per step
+    assert rep.float_nodes == steps[-1]["float"] and set(rep.float_nodes) <= set(convs)
+    assert len(steps) > 1 and not any(s["correction_snr_db"] >= want for s in steps[:-1])  # stops when met
+    assert rep.accuracy.meets(0.05, want) or len(rep.float_nodes) == len(convs)
+    # the convolutions kept in float read float weights in the written file: no DequantizeLinear feeds them
+    m = onnx.load(str(out))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and n.name in rep.float_nodes:
+            w = producers.get(n.input[1])
+            assert w is None or w.op_type != "DequantizeLinear", n.name
+    # more in float: never further from FP32 on the correction than the plain INT8 model
+    assert steps[-1]["correction_snr_db"] >= steps[0]["correction_snr_db"] - 0.5

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from rawdenoise.errors import ConversionError, InputError, missing
 from rawdenoise.fileio import atomic_output
 from rawdenoise.spec import METADATA_KEY

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rawdenoise.errors import ConversionError, InputError, missing
 from rawdenoise.fileio import atomic_output
 from rawdenoise.spec import METADATA_KEY
@@ -102,20 +104,33 @@ def _calibration_method(q, method: str):
 
 
 def _calibration_ranges(q, model_path: Path, reader, method: str, tmpdir: Path, cache: Path, *,
-                        symmetric: bool) -> None:
-    """Collect activation ranges with our own calibrator settings and store them as an ORT cache file."""
+                        symmetric: bool, input_name: str) -> None:
+    """Collect activation ranges with our own calibrator settings and store them as an ORT cache
+    file, the network input's widened to all it can hold (CalibrationTiles.input_range)."""
     cm = _calibration_method(q, method)
     extra: dict[str, Any] = {"symmetric": symmetric}
     if method == "entropy":
         extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
     elif method == "percentile":
         extra.update(num_bins=ENTROPY_BINS, percentile=PERCENTILE)
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data  # noqa: PLC0415
+    from onnxruntime.quantization.calibrate import TensorData, create_calibrator, save_tensors_data  # noqa: PLC0415
 
     calibrator = create_calibrator(model_path, None, augmented_model_path=str(tmpdir / "augmented.onnx"),
                                    calibrate_method=cm, extra_options=extra)
     calibrator.collect_data(reader)
-    save_tensors_data(calibrator.compute_data(), cache)
+    ranges = calibrator.compute_data()
+    lo, hi = reader.tiles.input_range()
+    seen = ranges[input_name]
+    if np.isfinite(lo) and np.isfinite(hi):
+        low, high = min(float(np.min(seen.lowest)), lo), max(float(np.max(seen.highest)), hi)
+        if symmetric:
+            low, high = min(low, -high), max(high, -low)
+        # the same array shape and dtype as ORT's own values
+        fields = {k: v for k, v in seen.to_dict().items() if k != "CLS"}
+        fields["lowest"] = np.full(np.shape(seen.lowest), low, np.asarray(seen.lowest).dtype)
+        fields["highest"] = np.full(np.shape(seen.highest), high, np.asarray(seen.highest).dtype)
+        ranges[input_name] = TensorData(**fields)
+    save_tensors_data(ranges, cache)
 
 
 def residual_path(model) -> list[str]:
@@ -243,7 +258,7 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
         cm = _calibration_method(q, method)
         if "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
             cache = tmp / "ranges.json"
-            _calibration_ranges(q, pre, reader, method, tmp, cache, symmetric=act_symmetric)
+            _calibration_ranges(q, pre, reader, method, tmp, cache, symmetric=act_symmetric, input_name=input_name)
             kwargs["calibration_cache_path"] = str(cache)
         pre_model = onnx.load(str(pre))
         residual = residual_path(pre_model)

@@ -103,9 +103,9 @@ class _SpecRunner:
         raise AssertionError("calibration runner cannot infer")
 
 
-# calibration tiles whose brightest pixel stays below this share of white are also used brightened
-# to white: the quantized ranges must cover every value the network can receive, [0, white] after
-# the manifest's scaling, whatever exposure the calibration frames happen to have
+# held-back tiles whose brightest pixel stays below this share of white are also measured brightened
+# to white, so that the accuracy report sees highlights whatever exposure the frames happen to have
+# (the network input's range itself is widened to [0, white]: CalibrationTiles.input_range)
 HIGHLIGHT_REACH = 0.9
 
 
@@ -172,6 +172,7 @@ class CalibrationTiles:
         self.progress = progress
         self.seed = int(seed)
         self._held: list[tuple[np.ndarray, FrameScale]] | None = None
+        self._input_range = (math.inf, -math.inf)
         self._reader: Iterator[np.ndarray] | None = None
 
     # ---- preparation (mirrors the first half of Denoiser.run) ------------------------------
@@ -218,8 +219,10 @@ class CalibrationTiles:
                         if role is None:
                             continue
                         yield role, t, scale
-                        bright = scale.brightened(t)
-                        if bright is not None:    # highlights, for ranges and for the accuracy report
+                        self._input_range = (min(self._input_range[0], scale.offset),
+                                             max(self._input_range[1], scale.gain + scale.offset))
+                        bright = scale.brightened(t) if role == "held" else None
+                        if bright is not None:    # highlights, for the accuracy report
                             yield role, bright, scale
                     del frame
                 if bar is not None:
@@ -282,9 +285,15 @@ class CalibrationTiles:
         return out
 
     def __len__(self) -> int:
-        """Upper bound of calibration tiles: `samples`, each possibly with its brightened copy
-        (frames may hold fewer tiles than their quota)."""
-        return 2 * self.samples
+        """Upper bound of calibration tiles (frames may hold fewer tiles than their quota)."""
+        return self.samples
+
+    def input_range(self) -> tuple[float, float]:
+        """What the network input can hold for the frames read so far: black (0) to white (1) after
+        the manifest's scaling, [offset, gain + offset], widest over the frames. A quantized model's
+        input range must cover it whatever the frames' own pixels reach: the input also feeds the
+        global residual, so a clipped input range clips the output's highlights."""
+        return self._input_range
 
     @property
     def tile_shape(self) -> tuple[int, int] | None:

@@ -81,8 +81,9 @@ def test_manifest_int8_with_calibration_hashes(int8_model, calib_dir):
     want = {hashlib.sha256(p.read_bytes()).hexdigest() for p in calib_dir.glob("*.npy")}
     assert want <= set(spec.origin["calibration_sha256"])
     assert spec.notes["quantization"]["method"] == "minmax"
-    # every tile of these frames stays below 90 % of white, so each is also used brightened to white
-    assert rep.n_calib == 16 and rep.n_held == 8
+    # every tile of these frames stays below 90 % of white, so each held-back tile is also measured
+    # brightened to white
+    assert rep.n_calib == 8 and rep.n_held == 8
 
 
 def _frame_psnr(got, ref):
@@ -231,7 +232,8 @@ def test_tensorrt_refuses_asymmetric_int8(cpu_int8_model, int8_model, tmp_path):
 
 def test_calibration_covers_highlights_the_frames_never_reach(tiny_unet_onnx, tmp_path, monkeypatch):
     """Calibration frames that stay below 40 % of white must still give an INT8 model whose input
-    range reaches white (after the manifest's scaling): the tiles are also used brightened to white."""
+    range reaches white (after the manifest's scaling): the input also feeds the global residual, so
+    a short range would clip every highlight of the output."""
     import rawdenoise.calibration as calibration
     from onnx import numpy_helper
 
@@ -244,9 +246,10 @@ def test_calibration_covers_highlights_the_frames_never_reach(tiny_unet_onnx, tm
         (dark / f"d{i}.json").write_text(json.dumps({"cfa": "RGGB", "black_level": BLACK, "white_level": WHITE}))
     assert np.load(dark / "d0.npy").max() < 0.45 * WHITE
 
-    def input_range_top(reach):
-        monkeypatch.setattr(calibration, "HIGHLIGHT_REACH", reach)
-        out = tmp_path / f"q{reach}.onnx"
+    def input_range_top(widened):
+        if not widened:   # what the calibration frames alone give
+            monkeypatch.setattr(calibration.CalibrationTiles, "input_range", lambda self: (math.inf, -math.inf))
+        out = tmp_path / f"q{widened}.onnx"
         quantize(tiny_unet_onnx, out, [dark], method="minmax", samples=8, holdout=2, tile=(64, 64), overwrite=True)
         m = onnx.load(str(out))
         inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
@@ -255,9 +258,8 @@ def test_calibration_covers_highlights_the_frames_never_reach(tiny_unet_onnx, tm
         return (255 - zero) * scale                      # the largest input value it represents
 
     # this model's input is the normalised frame: white is 1.0
-    reach = calibration.HIGHLIGHT_REACH
-    assert input_range_top(0.0) < 0.5                    # the frames alone never reach highlights
-    assert input_range_top(reach) >= 0.99
+    assert input_range_top(True) >= 0.99
+    assert input_range_top(False) < 0.5                  # the frames alone never reach highlights
 
 
 def test_a_large_held_back_error_warns(capsys):

@@ -10,10 +10,8 @@ must equal the source file's (the graph is not changed, only its metadata).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from rawdenoise.errors import run_cli
 
 from . import onnx_model
 
@@ -39,19 +37,8 @@ def attach(src, spec, dst, *, overwrite: bool = True):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m converters.attach_spec", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="any ONNX file")
-    p.add_argument("--spec", required=True, help="JSON file of ModelSpec fields (layout, scaling, ...)")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = p.parse_args(argv)
-
-    def body() -> int:
-        spec, diffs = attach(args.model, args.spec, args.output, overwrite=args.overwrite)
-        print(onnx_model.describe(spec, diffs, args.output))
-        return 0
-
-    return run_cli(body, "attach_spec")
+    return onnx_model.route_main(argv, prog="attach_spec", description=__doc__.split("\n")[0],
+                                 source_help="any ONNX file", convert=attach)
 
 
 if __name__ == "__main__":

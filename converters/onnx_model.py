@@ -282,6 +282,30 @@ def finish(model, given: Mapping[str, Any], dst, *, origin: Mapping[str, Any], r
     return spec, diffs
 
 
+def route_main(argv, *, prog: str, description: str, source_help: str, convert, opset: int | None = None) -> int:
+    """The command line every graph route shares: SOURCE --spec spec.json -o OUT.onnx [--opset N]."""
+    import argparse
+
+    from rawdenoise.errors import run_cli
+
+    p = argparse.ArgumentParser(prog=f"python -m converters.{prog}", description=description)
+    p.add_argument("source", help=source_help)
+    p.add_argument("--spec", required=True, help="JSON file of ModelSpec fields (layout, scaling, extra inputs, ...)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    if opset is not None:
+        p.add_argument("--opset", type=int, default=opset, help=f"ONNX opset (default {opset})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        kw = {"opset": args.opset} if opset is not None else {}
+        spec, diffs = convert(args.source, args.spec, args.output, overwrite=args.overwrite, **kw)
+        print(describe(spec, diffs, args.output))
+        return 0
+
+    return run_cli(body, prog)
+
+
 def describe(spec: ModelSpec, diffs: Mapping[str, float], dst) -> str:
     """The line a converter prints: what was written, what was measured, the parity result."""
     measured = (spec.notes or {}).get("measured", {})

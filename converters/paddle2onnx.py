@@ -33,7 +33,6 @@ tensors.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -50,7 +49,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from rawdenoise.errors import ConversionError, InputError, MissingDependencyError, ModelFileError, missing, run_cli
+from rawdenoise.errors import ConversionError, InputError, MissingDependencyError, ModelFileError, missing
 from rawdenoise.fileio import sha256_file
 
 from . import onnx_model
@@ -508,20 +507,8 @@ def convert(prefix, spec, dst, *, opset: int = DEFAULT_OPSET, overwrite: bool = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m converters.paddle2onnx", description=__doc__.split("\n")[0])
-    p.add_argument("prefix", help="the path prefix given to paddle.jit.save (out/model for out/model.json)")
-    p.add_argument("--spec", required=True, help="JSON file of ModelSpec fields (layout, scaling, extra inputs...)")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = p.parse_args(argv)
-
-    def body() -> int:
-        spec, diffs = convert(args.prefix, args.spec, args.output, opset=args.opset, overwrite=args.overwrite)
-        print(onnx_model.describe(spec, diffs, args.output))
-        return 0
-
-    return run_cli(body, "paddle2onnx")
+    return onnx_model.route_main(argv, prog="paddle2onnx", description=__doc__.split("\n")[0],
+                                 source_help="the path prefix given to paddle.jit.save (out/model for out/model.json)", convert=convert, opset=DEFAULT_OPSET)
 
 
 if __name__ == "__main__":

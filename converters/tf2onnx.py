@@ -18,7 +18,6 @@ program, and that check runs it: convert only SavedModels you would run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import logging
@@ -30,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rawdenoise.errors import ConversionError, InputError, ModelFileError, missing, run_cli
+from rawdenoise.errors import ConversionError, InputError, ModelFileError, missing
 
 from . import onnx_model
 
@@ -39,7 +38,6 @@ MIN_OPSET = 11
 # Keras releases before 3.14 have known ways around safe_mode (CVE-2025-1550, CVE-2025-8747, CVE-2026-1462)
 MIN_SAFE_KERAS = "3.14"
 SIGNATURE = "serving_default"
-_PROG = "tf2onnx"
 
 
 # ---- what the source is ------------------------------------------------------------------------
@@ -319,20 +317,8 @@ def convert(src, spec, dst, *, opset: int = DEFAULT_OPSET, overwrite: bool = Tru
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m converters.tf2onnx", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="a SavedModel folder (model.export(dir), tf.saved_model.save) or a .keras file")
-    p.add_argument("--spec", required=True, help="JSON file of ModelSpec fields (layout, scaling, extra inputs, ...)")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = p.parse_args(argv)
-
-    def body() -> int:
-        spec, diffs = convert(args.model, args.spec, args.output, opset=args.opset, overwrite=args.overwrite)
-        print(onnx_model.describe(spec, diffs, args.output))
-        return 0
-
-    return run_cli(body, _PROG)
+    return onnx_model.route_main(argv, prog="tf2onnx", description=__doc__.split("\n")[0],
+                                 source_help="a SavedModel folder (model.export(dir), tf.saved_model.save) or a .keras file", convert=convert, opset=DEFAULT_OPSET)
 
 
 if __name__ == "__main__":

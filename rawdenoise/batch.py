@@ -360,23 +360,16 @@ def denoise_files(inputs, out_dir, *, model=None, format: str = "dng", runtime: 
 
 # ---- command line --------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import OUTPUT_FORMATS, add_frame_options
+    from .cli import OUTPUT_FORMATS, add_frame_options, add_model_options
 
     p.add_argument("inputs", nargs="+", metavar="IN",
                    help="files, folders, quoted glob patterns ('shots/**/*.dng') or manifests (.txt, one path a line)")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
                    help="output folder (created if missing); outputs keep the inputs' subfolders")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default="dng", help="output format (default dng)")
-    p.add_argument("--model", help="model file (.pt, .onnx, .engine); default: the model shipped with rawdenoise")
-    p.add_argument("--runtime", help="torch, onnxruntime or tensorrt (default: from the model's suffix)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: the runtime's; cuda with --gpus-per-actor)")
-    p.add_argument("--tile", type=int, help="tile size in packed pixels (default: the model's)")
-    p.add_argument("--overlap", type=int, help="tile overlap in packed pixels (default: the receptive radius)")
-    p.add_argument("--batch", type=int, help="tiles per inference call")
+    add_model_options(p)       # (--device defaults to cuda with --gpus-per-actor)
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads of the runtime (default: its own here, --cpus-per-actor on Ray)")
-    p.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N",
-                   help="average over N orientations of each frame (1, 2, 4 or 8; default 1)")
     p.add_argument("--profile", type=Path, metavar="JSON", help="camera noise profile (python -m tools.noise_profile)")
     p.add_argument("--overwrite", action="store_true", help="redo files whose output exists (default: skip them)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

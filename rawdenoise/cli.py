@@ -46,6 +46,19 @@ def _levels(text: str) -> float | list[float]:
     return vals[0] if len(vals) == 1 else vals
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model and how it runs: shared by the commands that denoise (denoise, batch)."""
+    p.add_argument("--model", help="model file (.pt, .onnx, .engine); default: the model shipped with rawdenoise")
+    p.add_argument("--runtime", help="torch, onnxruntime or tensorrt (default: from the model's suffix)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the runtime's choice)")
+    p.add_argument("--tile", type=int, help="tile size in network pixels (default: the model's)")
+    p.add_argument("--overlap", type=int, help="tile overlap in network pixels (default: the receptive radius)")
+    p.add_argument("--batch", type=int, help="tiles per inference call")
+    p.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N",
+                   help="average the outputs over N orientations of the frame (1, 2, 4 or 8; N times the "
+                        "time, less residual noise; default 1)")
+
+
 def add_frame_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "frame metadata", "required for headerless .raw/.bin dumps; for other files they override the file's values")
@@ -95,15 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file, or an existing folder (required for several inputs)")
     d.add_argument("--format", choices=OUTPUT_FORMATS, default="dng",
                    help="output format when -o is a folder (default dng)")
-    d.add_argument("--model", help="model file (.pt, .onnx, .engine); default: the model shipped with rawdenoise")
-    d.add_argument("--runtime", help="torch, onnxruntime or tensorrt (default: from the model's suffix)")
-    d.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the runtime's choice)")
-    d.add_argument("--tile", type=int, help="tile size in packed pixels (default: the model's)")
-    d.add_argument("--overlap", type=int, help="tile overlap in packed pixels (default: the receptive radius)")
-    d.add_argument("--batch", type=int, help="tiles per inference call")
-    d.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N",
-                   help="average the outputs over N orientations of the frame (1, 2, 4 or 8; N times the "
-                        "time, less residual noise; default 1)")
+    add_model_options(d)
     d.add_argument("--preview", type=Path, metavar="P",
                    help="write a before/after PNG (a folder when denoising several files)")
     d.add_argument("--profile", type=Path, metavar="JSON",

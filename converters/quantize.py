@@ -49,7 +49,8 @@ class QuantReport:
     n_held: int
     accuracy: "Accuracy | None"                  # on the held-back tiles (None without any)
     notes: dict[str, Any] = field(default_factory=dict)
-    float_nodes: list[str] = field(default_factory=list)   # convolutions kept in float
+    float_layers: list[str] = field(default_factory=list)   # layers kept in float (`layers` keys)
+    float_nodes: list[str] = field(default_factory=list)    # all their nodes
 
     def warning(self) -> str | None:
         """A loud line when the held-back error says the INT8 model loses the picture somewhere."""
@@ -62,7 +63,7 @@ class QuantReport:
 
     def line(self) -> str:
         a = self.accuracy
-        floats = f", {len(self.float_nodes)} convolutions in float" if self.float_nodes else ""
+        floats = f", {len(self.float_layers)} layers in float" if self.float_layers else ""
         if a is None:
             return f"wrote {self.output} ({self.n_calib} calibration tiles{floats}); no held-back tiles to measure accuracy"
         return (f"wrote {self.output}: INT8 vs FP32 on {self.n_held} held-back tiles: PSNR {a.psnr_db:.2f} dB, "
@@ -194,6 +195,44 @@ def end_convs(model) -> list[str]:
     return list(dict.fromkeys(first + last))
 
 
+# element-wise activations quantized together with the convolution that feeds them
+_ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu"}
+# nodes that only move shapes around: never worth a search step of their own
+_SHAPE_OPS = {"Shape", "Constant", "ConstantOfShape", "Unsqueeze", "Squeeze", "Gather", "Cast", "Identity",
+              "Range", "Expand"}
+
+
+def layers(model, residual: list[str]) -> dict[str, list[str]]:
+    """The units mixed precision keeps in float: each convolution with the activation chain it
+    feeds (a convolution left in float alone would still have its output rounded to 8 bits by the
+    activation's Q/DQ), and every other computing node on its own (pooling, concatenation, ...).
+    Keyed by the first node's name, in graph order; the residual path is never a unit."""
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    taken = set(residual)
+    units: dict[str, list[str]] = {}
+    for n in graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose") or n.name in taken:
+            continue
+        unit, out = [n.name], n.output[0]
+        while len(consumers.get(out, [])) == 1 and consumers[out][0].op_type in _ACTIVATIONS:
+            nxt = consumers[out][0]
+            if nxt.name in taken:
+                break
+            unit.append(nxt.name)
+            out = nxt.output[0]
+        units[n.name] = unit
+        taken.update(unit)
+    for n in graph.node:
+        if n.name not in taken and n.op_type not in _SHAPE_OPS:
+            units[n.name] = [n.name]
+    order = {n.name: i for i, n in enumerate(graph.node)}
+    return dict(sorted(units.items(), key=lambda kv: order[kv[0]]))
+
+
 # target -> (activation type, symmetric activations, 7-bit weights)
 TARGETS = {
     # zero points of 0 everywhere: the only INT8 TensorRT accepts
@@ -216,9 +255,9 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
     `quantize_bias=False` keeps biases in float (no int32 DequantizeLinear), the form TensorRT
     fuses into its INT8 convolutions; ONNX Runtime CPU fuses int32 biases into QLinearConv.
     `target` picks the activation format (TARGETS); `float_ends` keeps the first and last
-    convolution in float. With `max_loss_db` and/or `min_correction_snr_db`, convolutions are kept
-    in float, the most sensitive first, until the held-back tiles meet them (`search_float_nodes`);
-    `log` gets one line per step.
+    convolution (with their activations) in float. With `max_loss_db` and/or `min_correction_snr_db`,
+    layers (`layers`) are kept in float, the most sensitive first, until the held-back tiles meet
+    them (`search_float_layers`); `log` gets one line per step.
     """
     onnx, ort, q = _ort()
     from rawdenoise.calibration import CalibrationTiles  # noqa: PLC0415
@@ -262,9 +301,11 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
             kwargs["calibration_cache_path"] = str(cache)
         pre_model = onnx.load(str(pre))
         residual = residual_path(pre_model)
+        units = layers(pre_model, residual)
 
-        def build(float_nodes: list[str]):
-            """The Q/DQ model with the residual path and `float_nodes` left in float."""
+        def build(float_layers: list[str]):
+            """The Q/DQ model with the residual path and the nodes of `float_layers` left in float."""
+            float_nodes = [node for name in float_layers for node in units[name]]
             qout = tmp / "q.onnx"
             reader.rewind()   # read again only where ORT has no calibration cache to take the ranges from
             try:
@@ -279,8 +320,8 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
                 raise ConversionError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0][:300]}") from None
             return onnx.load(str(qout))
 
-        float_nodes = end_convs(pre_model) if float_ends else []
-        qmodel = build(float_nodes)
+        float_layers = [c for c in end_convs(pre_model) if c in units] if float_ends else []
+        qmodel = build(float_layers)
         n_calib = reader.count
         if n_calib == 0:
             raise InputError("the calibration sources gave no tiles; pass larger or more RAW files")
@@ -301,21 +342,20 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
                 raise InputError("--max-loss-db needs the noise level of the held-back frames, and none could be "
                                  "measured (noise-free frames?); pass --iso, or use --min-correction-snr-db only")
             if targeted:
-                candidates = [n.name for n in pre_model.graph.node if n.op_type in ("Conv", "ConvTranspose")
-                              and n.name not in residual]
-                qmodel, float_nodes, accuracy, steps = search_float_nodes(
-                    build, measure, candidates, float_nodes, qmodel, accuracy, max_loss_db,
+                qmodel, float_layers, accuracy, steps = search_float_layers(
+                    build, measure, list(units), float_layers, qmodel, accuracy, max_loss_db,
                     min_correction_snr_db, log=log)
         elif targeted:
             raise InputError("--max-loss-db / --min-correction-snr-db need held-back tiles: pass --holdout N > 0")
         hashes = tiles.source_hashes()
         fmt = (f"QDQ {act_type} {'symmetric' if act_symmetric else 'asymmetric'} activations, "
                f"QInt8 per-channel symmetric {'7-bit ' if reduce_range else ''}weights"
-               + (f", {len(float_nodes)} convolutions in float" if float_nodes else ""))
+               + (f", {len(float_layers)} layers in float" if float_layers else ""))
         notes = {"method": method, "tiles": n_calib, "sources": hashes, "target": target, "format": fmt,
                  "tile": list(tiles.tile_shape) if tiles.tile_shape else None}
-        if float_nodes:
-            notes["float_nodes"] = list(float_nodes)
+        float_nodes = [node for name in float_layers for node in units[name]]
+        if float_layers:
+            notes["float_layers"] = {name: units[name] for name in float_layers}
         if steps:
             notes["mixed_precision"] = {"max_loss_db": max_loss_db, "min_correction_snr_db": min_correction_snr_db,
                                         "steps": steps}
@@ -333,7 +373,7 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
 
     with atomic_output(dst_onnx, overwrite=overwrite) as tmpf:
         tmpf.write_bytes(data)
-    return QuantReport(dst_onnx, n_calib, len(held_tiles), accuracy, notes, list(float_nodes))
+    return QuantReport(dst_onnx, n_calib, len(held_tiles), accuracy, notes, float_layers, float_nodes)
 
 
 def _step_line(what: str, a: Accuracy) -> str:
@@ -342,39 +382,39 @@ def _step_line(what: str, a: Accuracy) -> str:
             f"vs FP32 {a.psnr_db:.1f} dB, {a.ms_per_tile:.0f} ms per tile")
 
 
-def search_float_nodes(build, measure, candidates: list[str], float_nodes: list[str], qmodel, accuracy: Accuracy,
-                       max_loss_db: float | None, min_correction_snr_db: float | None, *, log=None):
-    """Keep convolutions in float, most sensitive first, until the targets hold.
+def search_float_layers(build, measure, candidates: list[str], float_layers: list[str], qmodel, accuracy: Accuracy,
+                        max_loss_db: float | None, min_correction_snr_db: float | None, *, log=None):
+    """Keep layers in float, most sensitive first, until the targets hold.
 
-    Sensitivity: the accuracy with that one convolution (besides those already in float) left in
+    Sensitivity: the accuracy with that one layer (besides those already in float) left in
     float, ranked by how far it still misses the targets (then by correction SNR). Each candidate is
     then added in that order and the whole model measured again, since errors of layers do not
     simply add.
-    Returns (model, float nodes, accuracy, steps); the last model when every candidate is in float
+    Returns (model, float layers, accuracy, steps); the last model when every candidate is in float
     and the targets still fail (the caller reports it).
     """
     log = log or (lambda line: None)
-    steps = [{"float": list(float_nodes), **vars(accuracy)}]
-    log(_step_line(f"INT8 ({len(float_nodes)} convolutions in float)", accuracy))
+    steps = [{"float": list(float_layers), **vars(accuracy)}]
+    log(_step_line(f"INT8 ({len(float_layers)} layers in float)", accuracy))
     if accuracy.meets(max_loss_db, min_correction_snr_db):
-        return qmodel, float_nodes, accuracy, steps
-    rest = [c for c in candidates if c not in float_nodes]
+        return qmodel, float_layers, accuracy, steps
+    rest = [c for c in candidates if c not in float_layers]
     sensitivity = {}
     for c in rest:
-        sensitivity[c] = measure(build(float_nodes + [c]))
+        sensitivity[c] = measure(build(float_layers + [c]))
         log(_step_line(f"  sensitivity: {c} alone in float", sensitivity[c]))
     order = sorted(rest, key=lambda c: (sensitivity[c].shortfall(max_loss_db, min_correction_snr_db),
                                         -sensitivity[c].correction_snr_db))
-    float_nodes = list(float_nodes)
+    float_layers = list(float_layers)
     for c in order:
-        float_nodes.append(c)
-        qmodel = build(float_nodes)
+        float_layers.append(c)
+        qmodel = build(float_layers)
         accuracy = measure(qmodel)
-        steps.append({"float": list(float_nodes), **vars(accuracy)})
-        log(_step_line(f"+ {c} in float ({len(float_nodes)} in float)", accuracy))
+        steps.append({"float": list(float_layers), **vars(accuracy)})
+        log(_step_line(f"+ {c} in float ({len(float_layers)} in float)", accuracy))
         if accuracy.meets(max_loss_db, min_correction_snr_db):
             break
-    return qmodel, float_nodes, accuracy, steps
+    return qmodel, float_layers, accuracy, steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", choices=list(TARGETS), default="cpu",
                    help="cpu (default): asymmetric QUInt8 activations, for ONNX Runtime; "
                         "tensorrt: symmetric QInt8 only, the form TensorRT builds")
-    p.add_argument("--float-ends", action="store_true", help="keep the first and last convolution in float")
+    p.add_argument("--float-ends", action="store_true",
+                   help="keep the first and last convolution (with their activations) in float")
     p.add_argument("--max-loss-db", type=float, metavar="D",
-                   help="keep the most sensitive convolutions in float until the PSNR loss on re-noised held-back "
+                   help="keep the most sensitive layers in float until the PSNR loss on re-noised held-back "
                         "tiles is at most D dB")
     p.add_argument("--min-correction-snr-db", "--max-loss-residual-db", dest="min_correction_snr_db", type=float,
                    metavar="R", help="... and the correction (output - input) is within R dB signal-to-error of FP32's")
@@ -415,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rep.line())
         a = rep.accuracy
         if a is not None and not a.meets(args.max_loss_db, args.min_correction_snr_db):
-            print(f"quantize: WARNING: the targets are not met even with every convolution in float "
+            print(f"quantize: WARNING: the targets are not met even with every layer in float "
                   f"({_step_line('final', a)})", file=sys.stderr)
         if rep.warning():
             print(f"quantize: WARNING: {rep.warning()}", file=sys.stderr)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from converters.quantize import main, quantize  # noqa: E402
+from converters.quantize import layers, main, quantize  # noqa: E402
 from rawdenoise.denoiser import Denoiser  # noqa: E402
 from rawdenoise.errors import InputError  # noqa: E402
 from rawdenoise.spec import METADATA_KEY, ModelSpec  # noqa: E402
@@ -294,6 +294,25 @@ def test_held_back_accuracy_against_independent_figures(rng):
     assert a.correction_snr_db == -math.inf or a.correction_snr_db < -100
 
 
+def test_layers_group_each_convolution_with_its_activation(tiny_unet_onnx):
+    """A convolution left in float alone would still be rounded to 8 bits at its activation's
+    Q/DQ: the unit of mixed precision is the convolution with its activation chain."""
+    from converters.quantize import residual_path
+    m = onnx.load(str(tiny_unet_onnx))
+    residual = residual_path(m)
+    units = layers(m, residual)
+    by_name = {n.name: n for n in m.graph.node}
+    convs = [n.name for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert [u for u in units if by_name[u].op_type in ("Conv", "ConvTranspose")] == convs
+    every = [node for unit in units.values() for node in unit]
+    assert len(every) == len(set(every)) and not set(every) & set(residual)     # a partition
+    for name, unit in units.items():
+        for prev, node in zip(unit, unit[1:]):
+            assert by_name[node].op_type in ("Relu", "LeakyRelu", "Clip") and by_name[node].input[0] == by_name[prev].output[0]
+    # every computing node outside the residual path is in some unit: all units in float is FP32
+    assert {n.name for n in m.graph.node if n.op_type not in ("Shape", "Constant")} - set(residual) <= set(every)
+
+
 def test_accuracy_targeted_mixed_precision(tiny_unet_onnx, calib_dir, tmp_path):
     lines = []
     out = tmp_path / "mixed.onnx"
@@ -302,19 +321,26 @@ def test_accuracy_targeted_mixed_precision(tiny_unet_onnx, calib_dir, tmp_path):
     want = plain.accuracy.correction_snr_db + 2.0          # a target the plain INT8 model misses
     rep = quantize(tiny_unet_onnx, out, [calib_dir], method="minmax", samples=8, holdout=4, tile=(64, 64),
                    max_loss_db=0.05, min_correction_snr_db=want, log=lines.append)
-    convs = [n.name for n in onnx.load(str(tiny_unet_onnx)).graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    assert lines[0].startswith("INT8 (0 convolutions in float)") and any("sensitivity" in l for l in lines)
+    units = layers(onnx.load(str(tiny_unet_onnx)), [])
+    assert lines[0].startswith("INT8 (0 layers in float)") and any("sensitivity" in l for l in lines)
     steps = rep.notes["mixed_precision"]["steps"]
-    assert [len(s["float"]) for s in steps] == list(range(len(steps)))      # one more convolution per step
-    assert rep.float_nodes == steps[-1]["float"] and set(rep.float_nodes) <= set(convs)
+    assert [len(s["float"]) for s in steps] == list(range(len(steps)))      # one more layer per step
+    assert rep.float_layers == steps[-1]["float"] and set(rep.float_layers) <= set(units)
+    assert rep.float_nodes == [node for name in rep.float_layers for node in units[name]]
     assert len(steps) > 1 and not any(s["correction_snr_db"] >= want for s in steps[:-1])  # stops when met
-    assert rep.accuracy.meets(0.05, want) or len(rep.float_nodes) == len(convs)
-    # the convolutions kept in float read float weights in the written file: no DequantizeLinear feeds them
+    assert rep.accuracy.meets(0.05, want) or len(rep.float_layers) == len(units)
+    # the layers kept in float read float weights and are not rounded inside (between a
+    # convolution and its activation); what they hand to a quantized layer is rounded there
     m = onnx.load(str(out))
     producers = {o: n for n in m.graph.node for o in n.output}
+    consumers = {i: n for n in m.graph.node for i in n.input}
     for n in m.graph.node:
         if n.op_type in ("Conv", "ConvTranspose") and n.name in rep.float_nodes:
             w = producers.get(n.input[1])
             assert w is None or w.op_type != "DequantizeLinear", n.name
+    written = {n.name: n for n in m.graph.node}
+    for name in rep.float_layers:
+        for node in units[name][:-1]:
+            assert consumers[written[node].output[0]].op_type != "QuantizeLinear", node
     # more in float: never further from FP32 on the correction than the plain INT8 model
     assert steps[-1]["correction_snr_db"] >= steps[0]["correction_snr_db"] - 0.5

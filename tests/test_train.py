@@ -145,3 +145,19 @@ def test_a_narrower_init_is_widened_and_starts_out_unchanged(tmp_path):
     assert "widened" in notes["trained"]
     with pytest.raises(train.InputError, match="only a UNet's width"):
         train.Trainer(tiny(init=str(first), arch_kwargs={"width": 6, "depth": 2}), tmp_path / "d")
+
+
+def test_qat_option_is_checked_and_selects_the_qat_trainer(tmp_path):
+    cfg = tiny(qat="tensorrt")
+    assert cfg.qat["target"] == "tensorrt" and cfg.qat["calibration_batches"] >= 1
+    assert type(train.trainer_for(tiny(), tmp_path / "a", log=lambda *_: None)) is train.Trainer
+    with pytest.raises(train.InputError, match="qat target 'npu' is not one of cpu, tensorrt"):
+        tiny(qat={"target": "npu"})
+
+
+def test_a_param_group_lr_scale_follows_the_schedule(tmp_path):
+    t = train.Trainer(tiny(steps=4), tmp_path, log=lambda *_: None)
+    extra = torch.nn.Parameter(torch.zeros(()))
+    t.opt.add_param_group({"params": [extra], "lr_scale": 10.0})
+    t.run(until=2)
+    assert t.opt.param_groups[1]["lr"] == pytest.approx(10 * t.opt.param_groups[0]["lr"])

@@ -62,6 +62,8 @@ class TrainConfig:
     noise_source: str = "iso"
     # a .pt artifact of the same architecture and transform whose weights start the run (fine-tuning)
     init: str | None = None
+    # quantization-aware fine-tuning of `init` for INT8 (tools.qat): {"target": "cpu" | "tensorrt", ...}
+    qat: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -74,6 +76,10 @@ class TrainConfig:
         cfg.val_isos = tuple(float(v) for v in cfg.val_isos)
         if cfg.steps < 1 or cfg.batch < 1 or cfg.patch < 8:
             raise InputError("steps and batch must be >= 1 and patch >= 8")
+        if cfg.qat is not None:
+            from .qat import QatOptions
+
+            cfg.qat = asdict(QatOptions.from_value(cfg.qat))
         return cfg
 
     @classmethod
@@ -254,7 +260,7 @@ class Trainer:
             upcoming = pool.submit(self.data.batch, self.step, self.cfg.batch)
             while self.step < stop:
                 for grp in self.opt.param_groups:
-                    grp["lr"] = lr_at(self.step, self.cfg)
+                    grp["lr"] = lr_at(self.step, self.cfg) * grp.get("lr_scale", 1.0)
                 clean, noisy, isos = upcoming.result()
                 if self.step + 1 < stop:
                     upcoming = pool.submit(self.data.batch, self.step + 1, self.cfg.batch)
@@ -315,6 +321,15 @@ class Trainer:
         return path
 
 
+def trainer_for(cfg: TrainConfig, run_dir, **kwargs) -> Trainer:
+    """A Trainer, or a QatTrainer (tools.qat) when the config asks for quantization-aware training."""
+    if cfg.qat is None:
+        return Trainer(cfg, run_dir, **kwargs)
+    from .qat import QatTrainer
+
+    return QatTrainer(cfg, run_dir, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="training config (JSON); see tools/configs/")
@@ -323,13 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="continue from RUN_DIR/checkpoint.pt when present (default: yes)")
+    ap.add_argument("--qat", choices=("cpu", "tensorrt"),
+                    help="quantization-aware fine-tuning of the config's init for this INT8 target "
+                         "(writes RUN_DIR/model.int8.onnx; other settings from the config's 'qat')")
     args = ap.parse_args(argv)
 
     def body() -> int:
         cfg = TrainConfig.load(args.config)
         if args.steps:
             cfg.steps = args.steps
-        path = Trainer(cfg, args.output, device=args.device).run(resume=args.resume)
+        if args.qat:
+            cfg = TrainConfig.from_dict({**asdict(cfg), "qat": {**(cfg.qat or {}), "target": args.qat}})
+        path = trainer_for(cfg, args.output, device=args.device).run(resume=args.resume)
         print(f"wrote {path}")
         return 0
 

@@ -7,6 +7,7 @@ runtime against torch FP32 (max abs error in DN, PSNR) goes into extra_info.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def models(tmp_path_factory):
     return {**model_paths(), "workdir": workdir}
 
 
-def int8_model(models) -> "Path":
+def int8_model(models) -> Path:
     """The FP32 ONNX model quantised (QDQ, QInt8) on calibration tiles of a 2 MP frame."""
     if "int8" not in models:
         models["int8"] = quantized(models["onnx"], models["workdir"])

@@ -25,7 +25,6 @@ def conv_flops(onnx_path, n: int, c: int, h: int, w: int) -> float:
         if node.op_type not in ("Conv", "ConvTranspose"):
             continue
         wshape = inits.get(node.input[1])
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
         if node.op_type == "Conv":
             out = shapes[node.output[0]]  # N, Cout, H, W
             cout, cin_g, kh, kw = wshape

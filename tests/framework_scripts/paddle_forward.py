@@ -10,7 +10,6 @@ the test never imports paddle.
 import argparse
 import os
 import sys
-from collections import OrderedDict
 
 import numpy as np
 import paddle

@@ -248,14 +248,15 @@ TARGETS = {
 def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "entropy", samples: int = 64,
              holdout: int = 8, tile=None, levels: dict | None = None, progress: bool = False,
              overwrite: bool = True, quantize_bias: bool = True, target: str = "cpu",
-             float_ends: bool = False, max_loss_db: float | None = None,
+             float_ends: bool = False, float_layers: list[str] | None = None, max_loss_db: float | None = None,
              min_correction_snr_db: float | None = None, log=None) -> QuantReport:
     """Write a Q/DQ INT8 copy of `src_onnx` calibrated on RAW `sources` (or prepared `tiles`).
 
     `quantize_bias=False` keeps biases in float (no int32 DequantizeLinear), the form TensorRT
     fuses into its INT8 convolutions; ONNX Runtime CPU fuses int32 biases into QLinearConv.
     `target` picks the activation format (TARGETS); `float_ends` keeps the first and last
-    convolution (with their activations) in float. With `max_loss_db` and/or `min_correction_snr_db`,
+    convolution (with their activations) in float; `float_layers` names layers (`layers` keys, as a
+    search prints them) to keep in float, which reproduces one point of a search. With `max_loss_db` and/or `min_correction_snr_db`,
     layers (`layers`) are kept in float, the most sensitive first, until the held-back tiles meet
     them (`search_float_layers`); `log` gets one line per step.
     """
@@ -320,7 +321,12 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
                 raise ConversionError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0][:300]}") from None
             return onnx.load(str(qout))
 
-        float_layers = [c for c in end_convs(pre_model) if c in units] if float_ends else []
+        unknown = [name for name in (float_layers or []) if name not in units]
+        if unknown:
+            raise InputError(f"--float-layers: no layer {unknown[0]!r} in {src_onnx.name}; its layers are "
+                             f"{', '.join(units)}")
+        float_layers = list(dict.fromkeys(
+            list(float_layers or []) + ([c for c in end_convs(pre_model) if c in units] if float_ends else [])))
         qmodel = build(float_layers)
         n_calib = reader.count
         if n_calib == 0:
@@ -429,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                         "tensorrt: symmetric QInt8 only, the form TensorRT builds")
     p.add_argument("--float-ends", action="store_true",
                    help="keep the first and last convolution (with their activations) in float")
+    p.add_argument("--float-layers", nargs="+", metavar="LAYER", default=[],
+                   help="keep these layers in float (names as a --max-loss-db search prints them)")
     p.add_argument("--max-loss-db", type=float, metavar="D",
                    help="keep the most sensitive layers in float until the PSNR loss on re-noised held-back "
                         "tiles is at most D dB")
@@ -451,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = quantize(args.model, args.output, args.calib, method=args.method, samples=args.samples,
                        holdout=args.holdout, tile=tuple(args.tile) if args.tile else None, levels=levels,
                        progress=args.progress, overwrite=args.overwrite, target=args.target,
-                       float_ends=args.float_ends, max_loss_db=args.max_loss_db,
+                       float_ends=args.float_ends, float_layers=args.float_layers, max_loss_db=args.max_loss_db,
                        min_correction_snr_db=args.min_correction_snr_db, log=print)
         print(rep.line())
         a = rep.accuracy

@@ -344,3 +344,20 @@ def test_accuracy_targeted_mixed_precision(tiny_unet_onnx, calib_dir, tmp_path):
             assert consumers[written[node].output[0]].op_type != "QuantizeLinear", node
     # more in float: never further from FP32 on the correction than the plain INT8 model
     assert steps[-1]["correction_snr_db"] >= steps[0]["correction_snr_db"] - 0.5
+
+
+def test_named_float_layers_reproduce_a_point_of_the_search(tiny_unet_onnx, calib_dir, tmp_path):
+    units = layers(onnx.load(str(tiny_unet_onnx)), [])
+    first = next(iter(units))
+    rep = quantize(tiny_unet_onnx, tmp_path / "one.onnx", [calib_dir], method="minmax", samples=8, holdout=4,
+                   tile=(64, 64), float_layers=[first])
+    assert rep.float_layers == [first] and rep.notes["float_layers"] == {first: units[first]}
+    m = onnx.load(str(tmp_path / "one.onnx"))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    conv = next(n for n in m.graph.node if n.name == first)
+    assert producers.get(conv.input[1]) is None or producers[conv.input[1]].op_type != "DequantizeLinear"
+    assert getattr(producers.get(conv.input[0]), "op_type", None) != "DequantizeLinear"   # the input is not rounded
+    with pytest.raises(InputError, match=r"--float-layers: no layer 'nope' in .*; its layers are "):
+        quantize(tiny_unet_onnx, tmp_path / "x.onnx", [calib_dir], samples=8, holdout=4, tile=(64, 64),
+                 float_layers=["nope"])
+    assert not (tmp_path / "x.onnx").exists()

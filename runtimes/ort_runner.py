@@ -45,6 +45,14 @@ def image_and_extra_inputs(graph_inputs, spec: ModelSpec, path) -> tuple[Any, di
     return image[0], {n: by_name[n] for n in declared}
 
 
+def tensorrt_qdq(spec: ModelSpec) -> bool:
+    """Whether the model is a Q/DQ model quantized for TensorRT (`converters.quantize --target tensorrt`
+    or `tools.train --qat tensorrt`)."""
+    notes = spec.notes or {}
+    target = (notes.get("quantization") or notes.get("qat") or {}).get("target")
+    return spec.precision == "int8" and target == "tensorrt"
+
+
 class OrtRunner(Runner):
     name = "onnxruntime"
 
@@ -84,6 +92,12 @@ class OrtRunner(Runner):
                     f"python -m converters.torch2onnx, or pass spec=ModelSpec(...)"
                 )
             self.spec = ModelSpec.from_json(meta[METADATA_KEY])
+        if self.device == "cpu" and tensorrt_qdq(self.spec):
+            # ORT's CPU kernels for signed (symmetric) activations saturate on x86 without VNNI; with
+            # graph fusion off every QuantizeLinear/DequantizeLinear runs as written, which is the
+            # arithmetic TensorRT implements: slower, and the picture the engine will give
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self._input, extra = image_and_extra_inputs(self.session.get_inputs(), self.spec, path)
         self._output = self.session.get_outputs()[0]
         # float16 models (converted for TensorRT/CUDA) take half inputs

@@ -259,24 +259,33 @@ class _Inputs:
         return f" (the model was exported for a fixed {h}x{w} input: export it with dynamic H and W)"
 
 
+def _image_input(names, described: dict, image_input, what: str, how: str) -> str:
+    """The image input among the model's input `names`: `image_input`, or the one input `described`
+    (a dict named `what` mapping the other inputs to how they are fed; `how` says what to give)
+    does not name."""
+    for name in described:
+        if name not in names:
+            raise ConversionError(f"{what} names {name!r}, which is not an input of the model "
+                                  f"(inputs: {', '.join(names)}); use one of those names")
+    if image_input is None:
+        rest = [n for n in names if n not in described]
+        if len(rest) != 1:
+            raise ConversionError(f"the model has inputs {', '.join(names)}; name the image with image_input=... "
+                                  f"and {how}")
+        image_input = rest[0]
+    if image_input not in names:
+        raise ConversionError(f"image_input {image_input!r} is not an input of the model "
+                              f"(inputs: {', '.join(names)}); pass one of those names")
+    return image_input
+
+
 def _resolve_inputs(proto, image_input, input_strides) -> _Inputs:
     inits = {t.name for t in proto.graph.initializer}
     graph_inputs = {i.name: i for i in proto.graph.input if i.name not in inits}
     input_strides = dict(input_strides or {})
-    for name in input_strides:
-        if name not in graph_inputs:
-            raise ConversionError(f"input_strides names {name!r}, which is not an input of the model "
-                                  f"(inputs: {', '.join(graph_inputs)}); use one of those names")
-    if image_input is None:
-        rest = [n for n in graph_inputs if n not in input_strides]
-        if len(rest) != 1:
-            raise ConversionError(
-                f"the model has inputs {', '.join(graph_inputs)}; name the image with image_input=... and give "
-                f"every other input's stride in input_strides (an int for a spatial map, None for a vector)")
-        image_input = rest[0]
-    if image_input not in graph_inputs:
-        raise ConversionError(f"image_input {image_input!r} is not an input of the model "
-                              f"(inputs: {', '.join(graph_inputs)}); pass one of those names")
+    image_input = _image_input(list(graph_inputs), input_strides, image_input, "input_strides",
+                               "give every other input's stride in input_strides (an int for a spatial map, "
+                               "None for a vector)")
     unlisted = [n for n in graph_inputs if n != image_input and n not in input_strides]
     if unlisted:
         raise ConversionError(f"the model's inputs {', '.join(unlisted)} are neither the image nor in input_strides; "
@@ -1358,19 +1367,8 @@ def probe_radius(model, *, in_channels: int, multiple: int, image_input: str | N
         raise ConversionError(f"ONNX Runtime cannot load the model ({str(e)[:160]}); check the exported file") from None
     declared = {i.name: i for i in sess.get_inputs()}
     extra_inputs = dict(extra_inputs or {})
-    for name in extra_inputs:
-        if name not in declared:
-            raise ConversionError(f"extra_inputs names {name!r}, which is not an input of the model "
-                                  f"(inputs: {', '.join(declared)}); use one of those names")
-    if image_input is None:
-        rest = [n for n in declared if n not in extra_inputs]
-        if len(rest) != 1:
-            raise ConversionError(f"the model has inputs {', '.join(declared)}; name the image with image_input=... "
-                                  f"and describe the others in extra_inputs")
-        image_input = rest[0]
-    if image_input not in declared:
-        raise ConversionError(f"image_input {image_input!r} is not an input of the model "
-                              f"(inputs: {', '.join(declared)}); pass one of those names")
+    image_input = _image_input(list(declared), extra_inputs, image_input, "extra_inputs",
+                               "describe the others in extra_inputs")
     m = int(multiple)
     size = -(-min(max(128, 8 * m), max(max_size, m)) // m) * m
     rng = np.random.default_rng(seed)

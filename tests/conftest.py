@@ -33,6 +33,33 @@ def tiny_unet_onnx(tiny_unet_pt, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def identity_pt(tmp_path_factory):
+    """A UNet whose weights are all zero: its global residual makes it the identity."""
+    torch = pytest.importorskip("torch")
+    from rawdenoise import zoo
+
+    module = zoo.create("unet", width=4, depth=1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+        x = torch.rand(2, 4, 16, 20)
+        assert torch.equal(module(x), x)  # really the identity, before relying on it
+    path = tmp_path_factory.mktemp("model") / "identity.pt"
+    zoo.save(module, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors on shared cores: a second thread mostly waits for the first."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

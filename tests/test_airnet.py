@@ -25,14 +25,8 @@ from rawdenoise.zoo.deform import modulated_deform_conv2d  # noqa: E402
 NO_BORDER = {"border": 0}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors on shared cores: a second thread mostly waits for the first
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ---- the published checkpoint's layout, from the official module structure ------------------------
 def _conv(p, cout, cin, k, bias=True):

@@ -24,23 +24,6 @@ READ = {**LEVELS, **DUMP}       # the frame options of a mixed folder (every fil
 CLI_READ = ["--width", 30, "--height", 22, "--cfa", "GRBG", "--black", 64, "--white", 4095]
 
 
-@pytest.fixture(scope="module")
-def identity_pt(tmp_path_factory):
-    """A UNet whose weights are all zero: its global residual makes it the identity."""
-    torch = pytest.importorskip("torch")
-    from rawdenoise import zoo
-
-    module = zoo.create("unet", width=4, depth=1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.zero_()
-        x = torch.rand(1, 4, 12, 16)
-        assert torch.equal(module(x), x)  # really the identity, before relying on it
-    path = tmp_path_factory.mktemp("model") / "identity.pt"
-    zoo.save(module, path)
-    return path
-
-
 def make_shots(root: Path, seed: int = 0, per_folder: int = 1) -> dict[str, np.ndarray]:
     """shots/day1/{a0.dng, b.npy+b.json}, shots/day2/{a0.dng, d.raw}: DNG, NPY and a headerless dump,
     the same stem in two folders. Returns relative input path -> pixels."""

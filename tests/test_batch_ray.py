@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'rawdenoise[ray]')")
 
-from test_batch import CLI_READ, READ, identity_pt, leftovers, make_shots, output_of, read_pixels  # noqa: E402,F401
+from test_batch import CLI_READ, READ, leftovers, make_shots, output_of, read_pixels  # noqa: E402
 
 from rawdenoise.batch import BatchReport, denoise_files  # noqa: E402
 from rawdenoise.cli import main  # noqa: E402
@@ -97,7 +97,7 @@ def comparable(report, out: Path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_ray_equals_one_machine(tmp_path, identity_pt, cluster, capsys):  # noqa: F811 (the imported fixture)
+def test_ray_equals_one_machine(tmp_path, identity_pt, cluster, capsys):
     """The command line on the cluster and the API in this process: the same files, the same report."""
     frames = make_shots(tmp_path)
     (tmp_path / "shots/day2/broken.dng").write_bytes(b"not a raw file" * 40)
@@ -124,7 +124,7 @@ def test_ray_equals_one_machine(tmp_path, identity_pt, cluster, capsys):  # noqa
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_job(tmp_path, identity_pt, cluster):  # noqa: F811 (the imported fixture)
+def test_worker_node_killed_mid_job(tmp_path, identity_pt, cluster):
     """Three files per task: a task lost with its node is retried, and what it had written is not redone."""
     frames = make_shots(tmp_path, per_folder=14)       # 30 files
     out = tmp_path / "out"

@@ -18,24 +18,6 @@ PHASES = ("RGGB", "BGGR", "GRBG", "GBRG")
 BLACK = [60, 62, 64, 66]
 
 
-@pytest.fixture(scope="module")
-def identity_pt(tmp_path_factory):
-    """A UNet whose weights are all zero: its global residual makes it the identity."""
-    torch = pytest.importorskip("torch")
-    from rawdenoise import zoo
-
-    module = zoo.create("unet", width=4, depth=1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.zero_()
-    x = torch.rand(2, 4, 16, 20)
-    with torch.no_grad():
-        assert torch.equal(module(x), x)  # really the identity, before relying on it
-    path = tmp_path_factory.mktemp("model") / "identity.pt"
-    zoo.save(module, path)
-    return path
-
-
 def _frame(rng, h=37, w=53):
     return rng.integers(60, 4096, (h, w)).astype(np.uint16)
 

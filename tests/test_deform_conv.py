@@ -14,14 +14,8 @@ from rawdenoise.errors import InputError  # noqa: E402
 from rawdenoise.zoo import deform  # noqa: E402
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors on shared cores: a second thread mostly waits for the first
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ---- the reference: one output pixel, one tap, one channel at a time (float64 numpy) -------------
 def _pixel(img, y, x):

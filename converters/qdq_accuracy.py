@@ -5,7 +5,9 @@ Real RAW frames have no clean reference, so three figures are measured against t
 - `psnr_db`, `max_err_dn`: how far the INT8 output is from the FP32 output (peak = white - black);
 - `correction_snr_db`: a denoiser's whole job is its correction (output - input), which can be far
   less accurate than the outputs suggest (they share the image): 10 log10(|c_fp32|^2 / |c_int8 -
-  c_fp32|^2);
+  c_fp32|^2), over the tiles as shot; `highlight_correction_snr_db` is the same over the tiles
+  brightened to white (FrameScale.highlight). Those carry their noise brightened too, far more than
+  a real highlight has, so they test clipping, and would swamp the as-shot figure if summed with it;
 - `loss_db`: the PSNR the INT8 model loses against a clean frame. The FP32 output of each tile is
   taken as the clean frame, noise is drawn anew at the tile's own noise level (its frame's k and
   sigma^2, from the ISO or the blind estimate), and both models denoise that; the loss is the
@@ -35,6 +37,7 @@ class Accuracy:
     correction_snr_db: float  # the correction (output - input) against FP32's
     loss_db: float            # PSNR lost against a known clean frame (re-noised held-back tiles)
     ms_per_tile: float        # time of the INT8 model per held-back tile here
+    highlight_correction_snr_db: float = math.nan   # correction SNR on the brightened tiles
 
     def shortfall(self, max_loss_db: float | None, min_correction_snr_db: float | None) -> float:
         """How many dB the targets are missed by, summed (0 when both hold; an unmeasurable loss,
@@ -91,13 +94,16 @@ class HeldBack:
         t0 = time.perf_counter()
         outs = [run_int8(t[None])[0] for t in self.tiles]
         ms = 1e3 * (time.perf_counter() - t0) / max(len(self.tiles), 1)
-        err_dn, err_norm, sig_c, err_c = [], [], 0.0, 0.0
+        err_dn, err_norm = [], []
+        sig_c, err_c, n = {False: 0.0, True: 0.0}, {False: 0.0, True: 0.0}, {False: 0, True: 0}  # as shot, highlights
         for o, r, c_ref, t, sc in zip(outs, self.ref, self.ref_correction, self.tiles, self.scales):
             d = o.astype(np.float64) - r
             err_dn.append(np.abs(d) * sc.dn_per_unit)
             err_norm.append(d * sc.dn_per_unit / sc.peak_dn)
-            sig_c += float(np.sum(np.square(c_ref, dtype=np.float64)))
-            err_c += float(np.sum(np.square(self._correction(o, t) - c_ref, dtype=np.float64)))
+            n[sc.highlight] += 1
+            sig_c[sc.highlight] += float(np.sum(np.square(c_ref, dtype=np.float64)))
+            err_c[sc.highlight] += float(np.sum(np.square(self._correction(o, t) - c_ref, dtype=np.float64)))
+        shot, high = (_db(sig_c[h], err_c[h]) if n[h] else math.nan for h in (False, True))
         e_dn, e_norm = np.concatenate([e.ravel() for e in err_dn]), np.concatenate([e.ravel() for e in err_norm])
         mse_fp = mse_q = 0.0
         for (clean, sc), noisy, ref in zip(self.clean, self.noisy, self.noisy_ref):
@@ -106,4 +112,4 @@ class HeldBack:
             mse_q += float(np.mean(np.square((q - clean) / sc.gain, dtype=np.float64)))
         loss = _db(mse_q, mse_fp) if self.clean else math.nan
         return Accuracy(_db(1.0, float(np.mean(np.square(e_norm)))), float(e_dn.max()), float(e_dn.mean()),
-                        float(np.abs(e_norm).max()), _db(sig_c, err_c), loss, ms)
+                        float(np.abs(e_norm).max()), shot, loss, ms, high)

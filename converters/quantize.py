@@ -68,7 +68,7 @@ class QuantReport:
             return f"wrote {self.output} ({self.n_calib} calibration tiles{floats}); no held-back tiles to measure accuracy"
         return (f"wrote {self.output}: INT8 vs FP32 on {self.n_held} held-back tiles: PSNR {a.psnr_db:.2f} dB, "
                 f"max error {a.max_err_dn:.3g} DN, mean error {a.mean_err_dn:.3g} DN, correction SNR "
-                f"{a.correction_snr_db:.1f} dB, PSNR loss on re-noised tiles {a.loss_db:.3f} dB "
+                f"{a.correction_snr_db:.1f} dB{_highlights(a)}, PSNR loss on re-noised tiles {a.loss_db:.3f} dB "
                 f"({self.n_calib} calibration tiles{floats})")
 
 
@@ -382,9 +382,14 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
     return QuantReport(dst_onnx, n_calib, len(held_tiles), accuracy, notes, float_layers, float_nodes)
 
 
+def _highlights(a: Accuracy) -> str:
+    h = a.highlight_correction_snr_db
+    return "" if math.isnan(h) else f" (on tiles brightened to white {h:.1f} dB)"
+
+
 def _step_line(what: str, a: Accuracy) -> str:
     loss = f"{a.loss_db:.3f} dB" if math.isfinite(a.loss_db) else "n/a (no noise level known)"
-    return (f"{what}: PSNR loss {loss}, correction SNR {a.correction_snr_db:.1f} dB, "
+    return (f"{what}: PSNR loss {loss}, correction SNR {a.correction_snr_db:.1f} dB{_highlights(a)}, "
             f"vs FP32 {a.psnr_db:.1f} dB, {a.ms_per_tile:.0f} ms per tile")
 
 

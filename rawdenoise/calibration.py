@@ -16,7 +16,7 @@ from __future__ import annotations
 import glob
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -119,6 +119,7 @@ class FrameScale:
     gain: float = 1.0      # network input = normalised * gain + offset
     offset: float = 0.0
     noise: tuple[float, float] | None = None   # (k, sigma^2) in normalised units, when known
+    highlight: bool = False   # the tile is a held-back tile brightened to white (`brightened`)
 
     def brightened(self, tile: np.ndarray) -> np.ndarray | None:
         """The tile as a brighter exposure whose brightest pixel is at white, or None when it
@@ -223,7 +224,7 @@ class CalibrationTiles:
                                              max(self._input_range[1], scale.gain + scale.offset))
                         bright = scale.brightened(t) if role == "held" else None
                         if bright is not None:    # highlights, for the accuracy report
-                            yield role, bright, scale
+                            yield role, bright, replace(scale, highlight=True)
                     del frame
                 if bar is not None:
                     bar.update(1)

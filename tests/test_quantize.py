@@ -82,8 +82,16 @@ def test_manifest_int8_with_calibration_hashes(int8_model, calib_dir):
     assert want <= set(spec.origin["calibration_sha256"])
     assert spec.notes["quantization"]["method"] == "minmax"
     # every tile of these frames stays below 90 % of white, so each held-back tile is also measured
-    # brightened to white
+    # brightened to white, and those copies say so (their correction SNR is reported apart)
     assert rep.n_calib == 8 and rep.n_held == 8
+    from rawdenoise.calibration import CalibrationTiles
+    tiles = CalibrationTiles([calib_dir], spec, tile=(64, 64), samples=8, holdout=4)
+    held, scales = tiles.held_back()
+    assert [s.highlight for s in scales] == [False, True] * 4
+    for (t, s), (b, _) in zip(list(zip(held, scales))[::2], list(zip(held, scales))[1::2]):
+        top = (b.max() - s.offset) / s.gain
+        assert top == pytest.approx(1.0, rel=1e-5) and (t.max() - s.offset) / s.gain < 0.9
+    assert math.isfinite(rep.accuracy.highlight_correction_snr_db)
 
 
 def _frame_psnr(got, ref):
@@ -367,3 +375,33 @@ def test_named_float_layers_reproduce_a_point_of_the_search(tiny_unet_onnx, cali
         quantize(tiny_unet_onnx, tmp_path / "x.onnx", [calib_dir], samples=8, holdout=4, tile=(64, 64),
                  float_layers=["nope"])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_correction_snr_of_highlight_tiles_is_reported_apart(rng):
+    """Tiles brightened to white carry brightened noise and test clipping: their correction error
+    is reported on its own instead of swamping the figure of the tiles as shot."""
+    from dataclasses import replace
+
+    from converters.qdq_accuracy import HeldBack
+    from rawdenoise.calibration import FrameScale
+
+    spec = ModelSpec(multiple=8, tile=32, receptive_radius=4)
+    tiles = rng.uniform(0.2, 0.8, (4, 4, 32, 32)).astype(np.float32)
+    shot = FrameScale(1000.0, 1000.0, 1.0, 0.0, (1e-3, 1e-4))
+    scales = [shot, shot, replace(shot, highlight=True), replace(shot, highlight=True)]
+    fp32 = lambda x: x * np.float32(0.9)                 # correction -0.1 x
+    held = HeldBack(fp32, spec, tiles, scales)
+
+    def int8(x):                                         # 1 % off as shot, 50 % off on highlight tiles
+        err = np.float32(0.5) if x.max() > 0 and held_is_highlight(x) else np.float32(0.01)
+        return x * np.float32(0.9) - err * np.float32(0.1) * x
+
+    def held_is_highlight(x):
+        return any(np.array_equal(x[0], t) for t in tiles[2:])
+
+    a = held.measure(int8)
+    assert a.correction_snr_db == pytest.approx(40.0, abs=1e-3)             # 10 log10(1 / 0.01^2)
+    assert a.highlight_correction_snr_db == pytest.approx(6.02, abs=1e-2)   # 10 log10(1 / 0.5^2)
+    only_shot = HeldBack(fp32, spec, tiles[:2], scales[:2]).measure(int8)
+    assert math.isnan(only_shot.highlight_correction_snr_db)
+    assert only_shot.correction_snr_db == pytest.approx(40.0, abs=1e-3)

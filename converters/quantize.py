@@ -293,6 +293,14 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
         pre = tmp / "pre.onnx"
         # symbolic shape inference cannot handle the dynamic H/W of a tiled model
         q.quant_pre_process(str(src_onnx), str(pre), skip_symbolic_shape=True)
+        pre_model = onnx.load(str(pre))
+        residual = residual_path(pre_model)
+        units = layers(pre_model, residual)
+        # a misspelt layer is refused before the calibration pass, not after it
+        unknown = [name for name in (float_layers or []) if name not in units]
+        if unknown:
+            raise InputError(f"--float-layers: no layer {unknown[0]!r} in {src_onnx.name}; its layers are "
+                             f"{', '.join(units)}")
         reader = _Reader(tiles)
         kwargs: dict[str, Any] = {}
         cm = _calibration_method(q, method)
@@ -300,9 +308,6 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
             cache = tmp / "ranges.json"
             _calibration_ranges(q, pre, reader, method, tmp, cache, symmetric=act_symmetric, input_name=input_name)
             kwargs["calibration_cache_path"] = str(cache)
-        pre_model = onnx.load(str(pre))
-        residual = residual_path(pre_model)
-        units = layers(pre_model, residual)
 
         def build(float_layers: list[str]):
             """The Q/DQ model with the residual path and the nodes of `float_layers` left in float."""
@@ -321,10 +326,6 @@ def quantize(src_onnx, dst_onnx, sources=None, *, tiles=None, method: str = "ent
                 raise ConversionError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0][:300]}") from None
             return onnx.load(str(qout))
 
-        unknown = [name for name in (float_layers or []) if name not in units]
-        if unknown:
-            raise InputError(f"--float-layers: no layer {unknown[0]!r} in {src_onnx.name}; its layers are "
-                             f"{', '.join(units)}")
         float_layers = list(dict.fromkeys(
             list(float_layers or []) + ([c for c in end_convs(pre_model) if c in units] if float_ends else [])))
         qmodel = build(float_layers)
